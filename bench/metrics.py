@@ -1,0 +1,68 @@
+"""Training losses and evaluation metrics, by name (a task names its own in :class:`bench.types.Task`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from bench.errors import unknown_name
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _flat(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return pred.reshape(target.shape[0], -1).squeeze(-1), target.reshape(target.shape[0], -1).squeeze(-1)
+
+
+def _mse(pred, target):
+    p, t = _flat(pred, target)
+    return F.mse_loss(p, t.to(p.dtype))
+
+
+def _l1(pred, target):
+    p, t = _flat(pred, target)
+    return F.l1_loss(p, t.to(p.dtype))
+
+
+def _cross_entropy(pred, target):
+    return F.cross_entropy(pred, target.reshape(-1).long())
+
+
+def _bce(pred, target):
+    p, t = _flat(pred, target)
+    return F.binary_cross_entropy_with_logits(p, t.to(p.dtype))
+
+
+LOSSES: dict[str, LossFn] = {"mse": _mse, "l1": _l1, "cross_entropy": _cross_entropy, "bce": _bce}
+
+
+def _error(pred, target):
+    """Classification error in percent (multi-class logits, or one logit for a binary task)."""
+    target = target.reshape(-1)
+    if pred.ndim == 1 or pred.shape[-1] == 1:
+        label = (pred.reshape(-1) > 0).to(target.dtype)
+    else:
+        label = pred.argmax(dim=-1).to(target.dtype)
+    return 100.0 * (label != target).double().mean()
+
+
+METRICS: dict[str, LossFn] = {
+    "mse": lambda p, t: _mse(p.double(), t.double()),
+    "mae": lambda p, t: _l1(p.double(), t.double()),
+    "rmse": lambda p, t: _mse(p.double(), t.double()).sqrt(),
+    "error": _error,
+}
+
+
+def loss_fn(name: str) -> LossFn:
+    if name not in LOSSES:
+        raise unknown_name("loss", name, LOSSES)
+    return LOSSES[name]
+
+
+def metric_fn(name: str) -> LossFn:
+    if name not in METRICS:
+        raise unknown_name("metric", name, METRICS)
+    return METRICS[name]

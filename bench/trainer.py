@@ -1,0 +1,429 @@
+"""The MTL trainer: hard parameter sharing (one shared encoder, one head per task).
+
+One training of a group runs the loop every paper in this benchmark uses: the total loss is the plain **sum** of
+the member tasks' losses (as in TAG's CelebA code and HOA's Taskonomy code), an optimiser step per batch, an
+optional learning-rate schedule per epoch, and early stopping on the summed validation loss with the best epoch's
+weights restored before the test evaluation.
+
+Data come in two layouts, both as :class:`Split` objects:
+
+- *shared inputs* (CelebA, ETTm1, QM9): every task reads the same input tensor; the encoder runs once per batch.
+- *per-task inputs* (School, Landmine, Parkinson): each task has its own samples. A step draws one batch from every
+  member task; an epoch is one pass over the largest member task while smaller tasks cycle through fresh
+  permutations. The distinct inputs of a step are concatenated and encoded in one call, so a batch-statistics
+  layer sees the union of the tasks' batches.
+
+Signals (TAG, ETAP, transfer gain, ...) observe the training through :class:`Callback` objects. They receive a
+:class:`StepContext` holding the per-task losses (with their graph), the batch, the model's shared and task
+parameters, per-task gradients of the shared parameters and the optimiser state, and a functional re-evaluation
+of the losses under other shared parameters. Callbacks never patch the trainer.
+
+Determinism: all randomness comes from ``seed`` (model initialisation under a forked global RNG, batch order from
+a private generator), so two trainings with the same seed on the CPU give identical results.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bench.errors import UsageError
+from bench.metrics import loss_fn, metric_fn
+from bench.progress import progress
+from bench.types import Group, GroupResult, Task
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of one group training (a dataset profile fixes them)."""
+
+    epochs: int = 20
+    batch_size: int = 32
+    optimizer: str = "adam"  # adam | sgd
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "none"  # none | step | cosine
+    step_size: int = 10
+    gamma: float = 0.5
+    patience: int | None = 5  # epochs without improvement of the summed validation loss; None: never stop early
+    min_delta: float = 0.0
+    eval_batch_size: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adam", "sgd"):
+            raise UsageError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.schedule not in ("none", "step", "cosine"):
+            raise UsageError(f"schedule must be 'none', 'step' or 'cosine', got {self.schedule!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise UsageError("epochs and batch_size must be at least 1")
+
+
+@dataclass
+class Split:
+    """One split of the data: per task an input tensor and a target tensor (first axis = samples).
+
+    For shared inputs, pass the same tensor object for every task.
+    """
+
+    inputs: Mapping[str, torch.Tensor]
+    targets: Mapping[str, torch.Tensor]
+
+    def shared(self, group: Sequence[str]) -> bool:
+        first = self.inputs[group[0]]
+        return all(self.inputs[t] is first for t in group)
+
+    def to(self, device: torch.device) -> Split:
+        moved: dict[int, torch.Tensor] = {}
+        inputs = {}
+        for t, x in self.inputs.items():
+            inputs[t] = moved.setdefault(id(x), x.to(device))
+        return Split(inputs, {t: y.to(device) for t, y in self.targets.items()})
+
+
+@dataclass
+class TaskData:
+    train: Split
+    val: Split
+    test: Split
+
+
+class MTLModel(nn.Module):
+    """A shared encoder and one head per task; ``forward`` maps per-task inputs to per-task outputs."""
+
+    def __init__(self, encoder: nn.Module, heads: Mapping[str, nn.Module]) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.heads = nn.ModuleDict(dict(heads))
+
+    def forward(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        distinct: dict[int, torch.Tensor] = {}
+        for x in inputs.values():
+            distinct.setdefault(id(x), x)
+        if len(distinct) == 1:
+            z = self.encoder(next(iter(distinct.values())))
+            return {t: self.heads[t](z) for t in inputs}
+        xs = list(distinct.values())
+        zs = self.encoder(torch.cat(xs)).split([x.shape[0] for x in xs])
+        by_id = {key: z for key, z in zip(distinct, zs)}
+        return {t: self.heads[t](by_id[id(x)]) for t, x in inputs.items()}
+
+    def shared_parameters(self) -> dict[str, nn.Parameter]:
+        return {f"encoder.{n}": p for n, p in self.encoder.named_parameters()}
+
+    def task_parameters(self, task: str) -> dict[str, nn.Parameter]:
+        return {f"heads.{task}.{n}": p for n, p in self.heads[task].named_parameters()}
+
+
+ModelFactory = Callable[[Group], MTLModel]
+
+
+@dataclass
+class Batch:
+    inputs: dict[str, torch.Tensor]
+    targets: dict[str, torch.Tensor]
+
+
+class StepContext:
+    """What a callback sees at one optimisation step (before the update is applied).
+
+    ``losses`` carry their graph; :meth:`task_gradients` gives, per task, the gradient of that task's loss with
+    respect to the shared parameters (computed once per step and reused by the trainer for its own update, so
+    asking for it costs no extra backward pass beyond one per task); :meth:`losses_with` re-evaluates the
+    per-task losses on the same batch with some parameters replaced (``torch.func.functional_call``), which is what
+    a lookahead needs.
+    """
+
+    def __init__(self, trainer: _Loop, step: int, epoch: int, batch: Batch, losses: dict[str, torch.Tensor]):
+        self._trainer = trainer
+        self.step = step
+        self.epoch = epoch
+        self.batch = batch
+        self.losses = losses
+        self._task_grads: dict[str, dict[str, torch.Tensor]] | None = None
+
+    @property
+    def group(self) -> Group:
+        return self._trainer.group
+
+    @property
+    def model(self) -> MTLModel:
+        return self._trainer.model
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self._trainer.optimizer
+
+    @property
+    def config(self) -> TrainConfig:
+        return self._trainer.config
+
+    @property
+    def lr(self) -> float:
+        return float(self._trainer.optimizer.param_groups[0]["lr"])
+
+    def shared_parameters(self) -> dict[str, nn.Parameter]:
+        return self._trainer.model.shared_parameters()
+
+    def task_parameters(self, task: str) -> dict[str, nn.Parameter]:
+        return self._trainer.model.task_parameters(task)
+
+    def optimizer_state(self, param: nn.Parameter) -> dict:
+        """The optimiser's state for one parameter (momentum buffer, Adam moments); empty before the first step."""
+        return self._trainer.optimizer.state.get(param, {})
+
+    def task_gradients(self) -> dict[str, dict[str, torch.Tensor]]:
+        """``task -> {shared parameter name -> gradient of that task's loss}`` at the current parameters."""
+        if self._task_grads is None:
+            self._task_grads = self._trainer.per_task_gradients(self.losses)
+        return {t: {n: g for n, g in grads.items() if n.startswith("encoder.")} for t, grads in self._task_grads.items()}
+
+    def losses_with(self, params: Mapping[str, torch.Tensor], train_mode: bool = True) -> dict[str, torch.Tensor]:
+        """Per-task losses on this batch with ``params`` (a subset of named parameters) substituted."""
+        return self._trainer.losses(self.batch, params=params, train_mode=train_mode)
+
+
+class Callback:
+    """Observer of a training. Override what you need; every hook is optional."""
+
+    def on_train_start(self, group: Group, model: MTLModel, optimizer: torch.optim.Optimizer) -> None: ...
+
+    def before_step(self, ctx: StepContext) -> None: ...
+
+    def after_step(self, ctx: StepContext) -> None: ...
+
+    def on_epoch_end(self, epoch: int, train_loss: float, val_loss: Mapping[str, float]) -> None: ...
+
+    def on_train_end(self, result: GroupResult) -> None: ...
+
+
+def _batches(split: Split, group: Group, batch_size: int, gen: torch.Generator) -> Iterator[Batch]:
+    """One epoch of batches (see the module docstring for the per-task layout)."""
+    if split.shared(group):
+        x = split.inputs[group[0]]
+        n = x.shape[0]
+        perm = torch.randperm(n, generator=gen).to(x.device)
+        for start in range(0, n, batch_size):
+            idx = perm[start : start + batch_size]
+            xb = x[idx]
+            yield Batch({t: xb for t in group}, {t: split.targets[t][idx] for t in group})
+        return
+    sizes = {t: split.inputs[t].shape[0] for t in group}
+    steps = max(math.ceil(s / batch_size) for s in sizes.values())
+    perms = {t: torch.randperm(sizes[t], generator=gen) for t in group}
+    pos = dict.fromkeys(group, 0)
+    for _ in range(steps):
+        inputs, targets = {}, {}
+        for t in group:
+            if pos[t] >= sizes[t]:
+                perms[t], pos[t] = torch.randperm(sizes[t], generator=gen), 0
+            idx = perms[t][pos[t] : pos[t] + batch_size].to(split.inputs[t].device)
+            pos[t] += batch_size
+            inputs[t], targets[t] = split.inputs[t][idx], split.targets[t][idx]
+        yield Batch(inputs, targets)
+
+
+class _Loop:
+    def __init__(self, model, tasks, group, config, callbacks):
+        self.model: MTLModel = model
+        self.group = group
+        self.config = config
+        self.callbacks = list(callbacks)
+        self.loss_fns = {t: loss_fn(tasks[t].loss) for t in group}
+        params = list(model.parameters())
+        if config.optimizer == "adam":
+            self.optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        else:
+            self.optimizer = torch.optim.SGD(
+                params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+            )
+        if config.schedule == "step":
+            self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, config.step_size, config.gamma)
+        elif config.schedule == "cosine":
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, config.epochs)
+        else:
+            self.scheduler = None
+
+    def losses(self, batch: Batch, params=None, train_mode: bool = True) -> dict[str, torch.Tensor]:
+        self.model.train(train_mode)
+        if params:
+            out = torch.func.functional_call(self.model, dict(params), (batch.inputs,), strict=False)
+        else:
+            out = self.model(batch.inputs)
+        return {t: self.loss_fns[t](out[t], batch.targets[t]) for t in self.group}
+
+    def per_task_gradients(self, losses: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+        shared = self.model.shared_parameters()
+        grads = {}
+        for i, t in enumerate(self.group):
+            named = {**shared, **self.model.task_parameters(t)}
+            values = torch.autograd.grad(
+                losses[t], list(named.values()), retain_graph=i < len(self.group) - 1, allow_unused=True
+            )
+            grads[t] = {
+                n: (g if g is not None else torch.zeros_like(p)) for (n, p), g in zip(named.items(), values)
+            }
+        return grads
+
+    def step(self, ctx: StepContext | None, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        total = sum(losses.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        if ctx is not None and ctx._task_grads is not None:
+            # The update is the sum of the per-task gradients the callbacks already asked for: no extra pass.
+            named = dict(self.model.named_parameters())
+            summed: dict[str, torch.Tensor] = {}
+            for grads in ctx._task_grads.values():
+                for n, g in grads.items():
+                    summed[n] = summed[n] + g if n in summed else g
+            for n, g in summed.items():
+                named[n].grad = g.detach().clone()
+        else:
+            total.backward()
+        self.optimizer.step()
+        return total.detach()
+
+    @torch.no_grad()
+    def evaluate(self, split: Split, tasks: Mapping[str, Task]) -> tuple[dict[str, float], dict[str, float]]:
+        """Per-task (loss, metric) over a whole split, computed in evaluation mode."""
+        self.model.eval()
+        bs = self.config.eval_batch_size
+        losses, metrics = {}, {}
+        shared = split.shared(self.group)
+        n_max = max(split.inputs[t].shape[0] for t in self.group)
+        outs: dict[str, list[torch.Tensor]] = {t: [] for t in self.group}
+        for start in range(0, n_max, bs):
+            inputs = {}
+            if shared:
+                xb = split.inputs[self.group[0]][start : start + bs]
+                inputs = dict.fromkeys(self.group, xb)
+            else:
+                for t in self.group:
+                    x = split.inputs[t]
+                    if start < x.shape[0]:
+                        inputs[t] = x[start : start + bs]
+            if inputs:
+                for t, o in self.model(inputs).items():
+                    outs[t].append(o)
+        for t in self.group:
+            out, target = torch.cat(outs[t]), split.targets[t]
+            losses[t] = float(self.loss_fns[t](out, target))
+            metrics[t] = float(metric_fn(tasks[t].metric)(out, target))
+        return losses, metrics
+
+
+def resolve_device(device: str) -> torch.device:
+    """``cpu``, ``cuda`` (an error if none is available) or ``auto`` (CUDA when available)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda was asked for, but no CUDA device is available; use cpu or auto")
+        return torch.device(device)
+    raise UsageError(f"unknown device {device!r}; allowed: cpu, cuda, auto")
+
+
+def train_group(
+    model_factory: ModelFactory,
+    data: TaskData,
+    tasks: Mapping[str, Task],
+    group: Group,
+    config: TrainConfig,
+    seed: int,
+    callbacks: Iterable[Callback] = (),
+    device: str = "cpu",
+    show_progress: bool = False,
+) -> GroupResult:
+    """Train one group and return its per-task validation and test metrics (see the module docstring)."""
+    unknown = [t for t in group if t not in tasks]
+    if unknown:
+        raise UsageError(f"group names unknown tasks {unknown}; known: {sorted(tasks)}")
+    dev = resolve_device(device)
+    start = time.perf_counter()
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)
+        model = model_factory(group).to(dev)
+        gen = torch.Generator().manual_seed(seed)
+        train, val, test = data.train.to(dev), data.val.to(dev), data.test.to(dev)
+        loop = _Loop(model, tasks, group, config, callbacks)
+        for cb in loop.callbacks:
+            cb.on_train_start(group, model, loop.optimizer)
+        best_val, best_epoch, best_state, bad = math.inf, 0, None, 0
+        curves: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "lr": []}
+        step = 0
+        epochs = progress(range(config.epochs), desc=f"train {'+'.join(group)}", leave=False, enabled=show_progress)
+        for epoch in epochs:
+            running, n_steps = torch.zeros((), device=dev), 0
+            curves["lr"].append(float(loop.optimizer.param_groups[0]["lr"]))
+            for batch in _batches(train, group, config.batch_size, gen):
+                losses = loop.losses(batch)
+                ctx = None
+                if loop.callbacks:
+                    ctx = StepContext(loop, step, epoch, batch, losses)
+                    for cb in loop.callbacks:
+                        cb.before_step(ctx)
+                running += loop.step(ctx, losses)
+                if ctx is not None:
+                    for cb in loop.callbacks:
+                        cb.after_step(ctx)
+                step += 1
+                n_steps += 1
+            if loop.scheduler is not None:
+                loop.scheduler.step()
+            val_losses, _ = loop.evaluate(val, tasks)
+            total_val = sum(val_losses.values())
+            if not math.isfinite(total_val):
+                raise FloatingPointError(f"validation loss of group {group} became {total_val} at epoch {epoch}")
+            curves["train_loss"].append(float(running) / max(n_steps, 1))
+            curves["val_loss"].append(total_val)
+            for cb in loop.callbacks:
+                cb.on_epoch_end(epoch, curves["train_loss"][-1], val_losses)
+            if total_val < best_val - config.min_delta:
+                best_val, best_epoch, bad = total_val, epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad += 1
+                if config.patience is not None and bad >= config.patience:
+                    break
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        val_losses, val_metrics = loop.evaluate(val, tasks)
+        _, test_metrics = loop.evaluate(test, tasks)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    result = GroupResult(
+        group=tuple(group),
+        seed=seed,
+        val=val_metrics,
+        test=test_metrics,
+        val_loss=val_losses,
+        curves=curves,
+        epochs_run=len(curves["val_loss"]),
+        best_epoch=best_epoch,
+        wall_time_s=time.perf_counter() - start,
+        device=str(dev),
+    )
+    for cb in loop.callbacks:
+        cb.on_train_end(result)
+    return result
+
+
+__all__ = [
+    "Batch",
+    "Callback",
+    "MTLModel",
+    "Split",
+    "StepContext",
+    "TaskData",
+    "TrainConfig",
+    "resolve_device",
+    "train_group",
+]
+

@@ -1,0 +1,129 @@
+"""Frozen value types passed between the layers: tasks, groups, group results and groupings."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from bench.errors import UsageError
+
+Group = tuple[str, ...]
+"""A group of tasks: a sorted tuple of task names (see :func:`make_group`)."""
+
+Semantics = Literal["select", "partition"]
+
+
+def make_group(tasks: Iterable[str]) -> Group:
+    """The canonical form of a group: sorted, without duplicates, non-empty."""
+    group = tuple(sorted(set(tasks)))
+    if not group:
+        raise UsageError("a group must hold at least one task")
+    return group
+
+
+def group_label(group: Group) -> str:
+    """``a+b+c``: the form used in CSV files and on the command line."""
+    return "+".join(group)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task of a problem.
+
+    ``metric`` is what tables report per task (``mse``, ``mae``, ``error`` in percent, ``gain``, ...);
+    ``higher_is_better`` says in which direction a group is better for this task; ``loss`` names the training
+    loss (see :mod:`bench.metrics`).
+    """
+
+    name: str
+    kind: Literal["regression", "classification", "gain"] = "regression"
+    metric: str = "mse"
+    higher_is_better: bool = False
+    loss: str = "mse"
+
+    def utility(self, value: float) -> float:
+        """The value turned so that larger is always better (for selection)."""
+        return value if self.higher_is_better else -value
+
+
+@dataclass(frozen=True)
+class GroupResult:
+    """The outcome of training one group (or looking it up in a published table).
+
+    ``val`` and ``test`` map each member task to its metric on the validation and test split; ``val_loss`` holds
+    the per-task validation loss at the selected epoch. ``curves`` holds per-epoch series (``train_loss``,
+    ``val_loss``, ``lr``). ``wall_time_s`` is the time the training took when it was computed; a cache hit keeps
+    it and sets ``cached``.
+    """
+
+    group: Group
+    seed: int
+    val: Mapping[str, float]
+    test: Mapping[str, float]
+    val_loss: Mapping[str, float] = field(default_factory=dict)
+    curves: Mapping[str, list[float]] = field(default_factory=dict)
+    epochs_run: int = 0
+    best_epoch: int = 0
+    wall_time_s: float = 0.0
+    device: str = "cpu"
+    cached: bool = False
+
+    def __post_init__(self) -> None:
+        missing = [t for t in self.group if t not in self.val or t not in self.test]
+        if missing:
+            raise ValueError(f"GroupResult for {self.group} lacks metrics for {missing}")
+        bad = [t for t in self.group if not (math.isfinite(self.val[t]) and math.isfinite(self.test[t]))]
+        if bad:
+            raise ValueError(f"GroupResult for {self.group} has non-finite metrics for {bad}")
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["group"] = list(self.group)
+        data["val"] = dict(self.val)
+        data["test"] = dict(self.test)
+        data["val_loss"] = dict(self.val_loss)
+        data["curves"] = {k: list(v) for k, v in self.curves.items()}
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> GroupResult:
+        data = dict(data)
+        data["group"] = tuple(data["group"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """A set of groups and the semantics under which it was chosen.
+
+    ``select``: the groups may overlap and every task is served by its best chosen group (network selection);
+    ``partition``: the groups are disjoint and cover every task.
+    """
+
+    groups: tuple[Group, ...]
+    semantics: Semantics = "select"
+
+    @classmethod
+    def of(cls, groups: Iterable[Iterable[str]], semantics: Semantics = "select") -> Grouping:
+        canon = sorted({make_group(g) for g in groups}, key=lambda g: (len(g), g))
+        return cls(tuple(canon), semantics)
+
+    def validate(self, tasks: Iterable[str], max_groups: int | None = None) -> None:
+        """Raise ``ValueError`` unless this grouping covers ``tasks`` and obeys its semantics."""
+        tasks = set(tasks)
+        used = [t for g in self.groups for t in g]
+        unknown = set(used) - tasks
+        if unknown:
+            raise ValueError(f"grouping names unknown tasks {sorted(unknown)}")
+        missing = tasks - set(used)
+        if missing:
+            raise ValueError(f"grouping leaves tasks {sorted(missing)} uncovered")
+        if self.semantics == "partition" and len(used) != len(set(used)):
+            raise ValueError("a partition must not repeat a task")
+        if max_groups is not None and len(self.groups) > max_groups:
+            raise ValueError(f"grouping has {len(self.groups)} groups, at most {max_groups} allowed")
+
+    def as_lists(self) -> list[list[str]]:
+        return [list(g) for g in self.groups]
