@@ -1,0 +1,186 @@
+"""Command line: ``python -m bench run | list | table | compare``.
+
+Usage errors (unknown names, malformed lists, missing files) print one line saying what was wrong and what is
+allowed, and exit with status 2. A run whose records include failures exits with status 1 after finishing every
+other run; an interrupted run exits with 130 and keeps every finished record (run it again to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bench import registry
+from bench.cache import default_cache_dir
+from bench.component import _split_top_level
+from bench.dataset import DATA_ROOT_ENV, PROFILES
+from bench.errors import BenchError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse exits 2 as well; keep its usage line, add our hint
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _ids(text: str, what: str) -> tuple[str, ...]:
+    items = tuple(_split_top_level(text))
+    if not items:
+        raise UsageError(f"--{what} needs a comma-separated list, got {text!r}")
+    return items
+
+
+def _ints(text: str, what: str, minimum: int) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UsageError(f"--{what} takes comma-separated integers (e.g. 2,3,4), got {text!r}") from None
+    if not values:
+        raise UsageError(f"--{what} needs at least one integer, got {text!r}")
+    if min(values) < minimum:
+        raise UsageError(f"--{what} values must be >= {minimum}, got {text!r}")
+    return tuple(dict.fromkeys(values))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from bench.suites import SUITES
+
+    parser = _Parser(prog="python -m bench", description="Task-grouping benchmark harness.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run a suite (datasets x methods x split counts x seeds), then write tables")
+    run.add_argument("--suite", default="all", help=f"suite name ({', '.join(SUITES)}); default all")
+    run.add_argument("--datasets", help="comma-separated dataset ids, e.g. taskonomy,synthetic[clusters=[3,3]]")
+    run.add_argument("--methods", help="comma-separated method/baseline ids, e.g. optimal,random[repeats=10]")
+    run.add_argument("--splits", help="split counts (number of groups), e.g. 2,3,4")
+    run.add_argument("--seeds", help="seeds, e.g. 0,1,2")
+    run.add_argument("--profile", choices=PROFILES, help="smoke | mini | paper (default: the suite's)")
+    run.add_argument("--data-root", help=f"folder with the real data files (default: ${DATA_ROOT_ENV}); "
+                                         "without one, datasets use their synthetic stand-ins")
+    run.add_argument("--out", default="out", help="output folder (records.jsonl, tables/); default ./out")
+    run.add_argument("--cache", help="group-result cache folder (default: $BENCH_CACHE_DIR or "
+                                     "~/.cache/task-grouping-bench)")
+    run.add_argument("--jobs", default="1", help="worker processes (default 1)")
+    run.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    lst = sub.add_parser("list", help="list registered datasets, methods, baselines or suites")
+    lst.add_argument("what", nargs="?", default="all", help="datasets | methods | baselines | suites | all")
+
+    table = sub.add_parser("table", help="write CSV and markdown tables from OUT/records.jsonl")
+    table.add_argument("out", help="output folder of a run")
+
+    compare = sub.add_parser("compare", help="put the reproduced tables beside the published ones")
+    compare.add_argument("out", help="output folder of a run")
+    compare.add_argument("--reference", help="folder of published tables (default results/reference)")
+    return parser
+
+
+def _cmd_run(args) -> int:
+    from bench.runner import Settings, run_suite
+    from bench.suites import get_suite
+    from bench.tables import write_tables
+    from bench.trainer import resolve_device
+
+    suite = get_suite(args.suite).override(
+        datasets=_ids(args.datasets, "datasets") if args.datasets is not None else None,
+        methods=_ids(args.methods, "methods") if args.methods is not None else None,
+        splits=_ints(args.splits, "splits", 1) if args.splits is not None else None,
+        seeds=_ints(args.seeds, "seeds", 0) if args.seeds is not None else None,
+        profile=args.profile,
+    )
+    try:
+        jobs = int(args.jobs)
+    except ValueError:
+        raise UsageError(f"--jobs takes a positive integer, got {args.jobs!r}") from None
+    if jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, got {jobs}")
+    resolve_device(args.device)
+    if args.data_root is not None and not Path(args.data_root).is_dir():
+        raise UsageError(f"--data-root {args.data_root} is not a directory")
+    settings = Settings(
+        out_dir=str(Path(args.out)),
+        cache_dir=str(Path(args.cache) if args.cache else default_cache_dir()),
+        data_root=args.data_root,
+        device=args.device,
+        profile=suite.profile,
+    )
+    datasets, methods = suite.expand_datasets(), suite.expand_methods()
+    print(f"suite {suite.name}: {len(datasets)} datasets x {len(methods)} methods x splits {list(suite.splits)} "
+          f"x seeds {list(suite.seeds)}, profile {suite.profile}, out {settings.out_dir}", file=sys.stderr)
+    try:
+        summary = run_suite(datasets, methods, suite.splits, suite.seeds, settings, jobs=jobs,
+                            show_progress=False if args.no_progress else None)
+    except KeyboardInterrupt:
+        print(f"interrupted: finished records are kept in {settings.out_dir}/records.jsonl; "
+              "run the same command again to resume", file=sys.stderr)
+        return 130
+    paths = write_tables(settings.out_dir)
+    print(f"records: {summary.ok} ok, {summary.skipped} skipped, {summary.failed} failed, "
+          f"{summary.reused} reused from an earlier run; tables: {len(paths)} files in {settings.out_dir}/tables",
+          file=sys.stderr)
+    for line in summary.failures:
+        print(f"failed: {line}", file=sys.stderr)
+    return summary.exit_code
+
+
+def _cmd_list(args) -> int:
+    from bench.suites import SUITES
+
+    kinds = {"datasets": "dataset", "methods": "method", "baselines": "baseline"}
+    if args.what not in (*kinds, "suites", "all"):
+        raise UsageError(f"cannot list {args.what!r}; allowed: datasets, methods, baselines, suites, all")
+    sections = list(kinds) + ["suites"] if args.what == "all" else [args.what]
+    for section in sections:
+        if args.what == "all":
+            print(f"{section}:")
+        if section == "suites":
+            for name, suite in SUITES.items():
+                print(f"  {name:<12} {suite.description}")
+            continue
+        for name, cls in sorted(registry.components(kinds[section]).items()):
+            doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
+            print(f"  {name:<14} {doc[0] if doc else ''}")
+    return 0
+
+
+def _cmd_table(args) -> int:
+    from bench.tables import write_tables
+
+    _need_dir(args.out)
+    for path in write_tables(args.out):
+        print(path)
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from bench.compare import compare
+
+    _need_dir(args.out)
+    if args.reference is not None:
+        _need_dir(args.reference)
+    for path in compare(args.out, args.reference):
+        print(path)
+    return 0
+
+
+def _need_dir(path: str) -> None:
+    if not Path(path).is_dir():
+        raise UsageError(f"{path} is not a directory (give the --out folder of a run)")
+
+
+COMMANDS = {"run": _cmd_run, "list": _cmd_list, "table": _cmd_table, "compare": _cmd_compare}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UsageError as exc:
+        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except BenchError as exc:
+        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
+        return 1

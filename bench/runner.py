@@ -1,0 +1,321 @@
+"""The runner: a suite = datasets x methods/baselines x split counts x seeds, one JSON record per run.
+
+Work is cut into *cells*, one per (dataset, method, seed). A cell loads the problem, runs the method's
+``collect`` and ``fit`` once, then ``solve`` for every split count, trains the chosen groups through the shared
+cache and scores them (:func:`bench.selection.evaluate`). Split-independent methods (STL, Naive-MTL) give one
+record per seed with ``n_groups = null``.
+
+Timing (only the runner times): ``t_signal_s``, ``t_fit_s`` and ``t_solve_s`` are the phases of the method, and
+``t_train_s`` the training of the groups finally chosen. Ground-truth trainings a phase asks for count in that
+phase at their **originally measured** time, whether they were trained now or found in the cache, so a table's
+timings do not depend on what the cache held (``wall_s`` is what this run really spent). ``n_trainings`` counts
+the distinct ground-truth trainings the method consumed; ``cache_hits`` how many of all trainings were hits.
+
+Resumable: a record is appended (and synced) as soon as its cell finishes; on start, finished records are read
+back (a truncated last line from a kill is dropped) and their runs are not redone. Group trainings are cached as
+they finish, so a cell killed halfway loses at most the training in progress. ``--jobs N`` runs cells in N
+processes; records are written by the parent only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import traceback
+from collections.abc import Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from bench import registry
+from bench.cache import ResultCache, canonical_json, result_key
+from bench.dataset import Problem
+from bench.errors import BenchError, Unsupported, UsageError
+from bench.method import Context, Method
+from bench.progress import progress
+from bench.provenance import provenance
+from bench.selection import evaluate
+from bench.types import Group, GroupResult, Grouping
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything about a run that is not the suite's grid."""
+
+    out_dir: str
+    cache_dir: str
+    data_root: str | None = None
+    device: str = "cpu"
+    profile: str = "mini"
+
+
+@dataclass(frozen=True)
+class Cell:
+    dataset: str
+    method: str
+    seed: int
+    splits: tuple[int, ...]
+
+
+@dataclass
+class Summary:
+    ok: int = 0
+    skipped: int = 0
+    failed: int = 0
+    reused: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+# ----------------------------------------------------------------------------------------------- records file
+
+
+def records_path(out_dir: str | Path) -> Path:
+    return Path(out_dir) / "records.jsonl"
+
+
+def read_records(out_dir: str | Path) -> list[dict]:
+    """The records of ``out_dir``; a truncated or corrupt line (a run killed while writing) is dropped."""
+    path = records_path(out_dir)
+    if not path.exists():
+        return []
+    records, bad = [], 0
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            bad += 1
+    if bad:  # rewrite without the broken lines, atomically, so appends start on a clean line
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+        os.replace(tmp, path)
+    return records
+
+
+def append_records(out_dir: str | Path, records: Iterable[dict]) -> None:
+    path = records_path(out_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        for record in records:
+            fh.write(json.dumps(record, sort_keys=True) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def run_key(dataset: str, method: Method, n_groups: int | None, seed: int, problem_identity: dict) -> str:
+    payload = {"dataset": dataset, "method": method.identity(), "n_groups": n_groups, "seed": seed,
+               "problem": problem_identity}
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:24]
+
+
+# ------------------------------------------------------------------------------------------------ one cell
+
+_PROBLEMS: dict[tuple, Problem] = {}
+
+
+def load_problem(dataset_id: str, profile: str, data_root: str | None) -> Problem:
+    key = (dataset_id, profile, data_root)
+    if key not in _PROBLEMS:
+        _PROBLEMS[key] = registry.create("dataset", dataset_id).load(profile, data_root)
+    return _PROBLEMS[key]
+
+
+class _Trainings:
+    """Trains groups through the cache and accounts for time: real elapsed vs originally measured cost."""
+
+    def __init__(self, problem: Problem, cache: ResultCache, device: str) -> None:
+        self.problem, self.cache, self.device = problem, cache, device
+        self.elapsed = 0.0
+        self.cost = 0.0
+        self.hits = 0
+        self.count = 0
+
+    def __call__(self, group: Group, seed: int) -> GroupResult:
+        start = time.perf_counter()
+        if self.problem.cacheable:
+            key = result_key(self.problem.identity, group, seed, self.device)
+            result = self.cache.get_or_compute(key, lambda: self.problem.train(group, seed, device=self.device))
+        else:
+            result = self.problem.train(group, seed, device=self.device)
+        self.elapsed += time.perf_counter() - start
+        self.cost += result.wall_time_s
+        self.hits += int(result.cached)
+        self.count += 1
+        return result
+
+    def phase(self, fn, *args):
+        """Run ``fn(*args)``; its time with trainings counted at their original cost."""
+        e0, c0 = self.elapsed, self.cost
+        start = time.perf_counter()
+        value = fn(*args)
+        wall = time.perf_counter() - start
+        return value, wall - (self.elapsed - e0) + (self.cost - c0)
+
+
+def _base_record(cell: Cell, method: Method, problem: Problem, settings: Settings, n_groups, key) -> dict:
+    return {
+        "run_key": key,
+        "dataset": cell.dataset,
+        "method": method.id,
+        "kind": method.kind,
+        "semantics": method.semantics,
+        "uses_splits": method.uses_splits,
+        "n_groups": n_groups,
+        "seed": cell.seed,
+        "profile": settings.profile,
+        "data": problem.data,
+        "tasks": list(problem.task_names),
+        "metric": problem.tasks[0].metric,
+        "higher_is_better": problem.tasks[0].higher_is_better,
+        "provenance": provenance(settings.device),
+    }
+
+
+def run_cell(cell: Cell, settings: Settings, done: frozenset[str] = frozenset()) -> list[dict]:
+    """Run one (dataset, method, seed) for all its split counts; returns the new records (never raises)."""
+    wall0 = time.perf_counter()
+    problem = load_problem(cell.dataset, settings.profile, settings.data_root)
+    method = registry.create_method(cell.method)
+    ks: Sequence[int | None] = tuple(cell.splits) if method.uses_splits else (None,)
+    keys = {k: run_key(cell.dataset, method, k, cell.seed, problem.identity) for k in ks}
+    todo = [k for k in ks if keys[k] not in done]
+    if not todo:
+        return []
+    cache = ResultCache(settings.cache_dir)
+    trainings = _Trainings(problem, cache, settings.device)
+    ctx = Context(problem, cell.seed, trainings, settings.device)
+    records: list[dict] = []
+
+    def finish(k, **fields):
+        record = _base_record(cell, method, problem, settings, k, keys[k])
+        record.update(fields)
+        records.append(record)
+
+    try:
+        signal, t_signal = trainings.phase(method.collect, ctx)
+        model, t_fit = trainings.phase(method.fit, signal, ctx)
+    except Exception as exc:  # noqa: BLE001 - recorded, the suite goes on
+        for k in todo:
+            finish(k, **_error_fields(exc))
+        return records
+    for k in todo:
+        if k is not None and k > problem.n_tasks:
+            finish(k, status="skipped", reason=f"n_groups={k} exceeds the {problem.n_tasks} tasks")
+            continue
+        ledger_start = len(ctx.ledger)
+        try:
+            solved, t_solve = trainings.phase(method.solve, model, k if k is not None else problem.n_tasks, ctx)
+            groupings = [solved] if isinstance(solved, Grouping) else list(solved)
+            if not groupings:
+                raise BenchError(f"{method.id} returned no grouping")
+            for grouping in groupings:
+                grouping.validate(problem.task_names, max_groups=k)
+            eval_trainings = _Trainings(problem, cache, settings.device)
+            distinct = sorted({g for grouping in groupings for g in grouping.groups}, key=lambda g: (len(g), g))
+            results = {g: eval_trainings(g, cell.seed) for g in distinct}
+            evaluations = [evaluate(gr, results, problem.tasks, serve_by=method.serve_by) for gr in groupings]
+        except Exception as exc:  # noqa: BLE001
+            finish(k, **_error_fields(exc))
+            continue
+        consumed = {(t.group, t.seed) for t in ctx.ledger}
+        per_task = {t: float(np.mean([e.per_task[t] for e in evaluations])) for t in problem.task_names}
+        per_task_val = {t: float(np.mean([e.per_task_val[t] for e in evaluations])) for t in problem.task_names}
+        finish(
+            k,
+            status="ok",
+            groups=groupings[0].as_lists(),
+            groupings=[g.as_lists() for g in groupings] if len(groupings) > 1 else None,
+            grouping_totals=[e.total for e in evaluations] if len(groupings) > 1 else None,
+            served_by={t: list(evaluations[0].served_by[t]) for t in problem.task_names},
+            per_task=per_task,
+            per_task_val=per_task_val,
+            total=float(sum(per_task.values())),
+            t_signal_s=t_signal,
+            t_fit_s=t_fit,
+            t_solve_s=t_solve,
+            t_train_s=eval_trainings.cost,
+            n_trainings=len(consumed),
+            n_trainings_solve=len(ctx.ledger) - ledger_start,
+            cache_hits=trainings.hits + eval_trainings.hits,
+            wall_s=time.perf_counter() - wall0,
+        )
+    return records
+
+
+def _error_fields(exc: Exception) -> dict:
+    status = "skipped" if isinstance(exc, Unsupported) else "failed"
+    fields = {"status": status, "reason": f"{type(exc).__name__}: {exc}"}
+    if status == "failed":
+        fields["traceback"] = traceback.format_exc(limit=20)
+    return fields
+
+
+# ------------------------------------------------------------------------------------------------ the suite
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    os.environ["BENCH_NO_PROGRESS"] = "1"
+    torch.set_num_threads(threads)
+
+
+def validate(datasets: Sequence[str], methods: Sequence[str], settings: Settings) -> None:
+    """Fail early (before any work) on unknown names, bad parameters and bad profiles."""
+    for d in datasets:
+        dataset = registry.create("dataset", d)
+        if settings.profile not in dataset.profiles:
+            raise UsageError(f"dataset {d} has no profile {settings.profile!r}; it has {sorted(dataset.profiles)}")
+    for m in methods:
+        registry.create_method(m)
+
+
+def run_suite(datasets: Sequence[str], methods: Sequence[str], splits: Sequence[int], seeds: Sequence[int],
+              settings: Settings, jobs: int = 1, show_progress: bool | None = None) -> Summary:
+    validate(datasets, methods, settings)
+    out = Path(settings.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    done = frozenset(r["run_key"] for r in read_records(out) if r.get("status") in ("ok", "skipped"))
+    cells = [Cell(d, m, s, tuple(splits)) for d in datasets for m in methods for s in seeds]
+    summary = Summary(reused=len(done))
+    bar = progress(range(len(cells)), desc="runs", total=len(cells), enabled=show_progress)
+    ticker = iter(bar)
+
+    def collect(records: list[dict]) -> None:
+        append_records(out, records)
+        for r in records:
+            setattr(summary, r["status"], getattr(summary, r["status"]) + 1)
+            if r["status"] == "failed":
+                summary.failures.append(f"{r['dataset']} / {r['method']} / k={r['n_groups']} / seed={r['seed']}: "
+                                        f"{r['reason']}")
+        next(ticker, None)
+
+    if jobs <= 1:
+        for cell in cells:
+            collect(run_cell(cell, settings, done))
+    else:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_worker_init,
+                                 initargs=(threads,)) as pool:
+            pending = {pool.submit(run_cell, cell, settings, done) for cell in cells}
+            try:
+                while pending:
+                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        collect(fut.result())
+            except BaseException:
+                for fut in pending:
+                    fut.cancel()
+                raise
+    next(ticker, None)
+    return summary
