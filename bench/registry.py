@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.abc
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -85,10 +86,47 @@ class _NamespaceLoader(importlib.abc.Loader):
         module.__path__ = []
 
 
+class _RootFinder(importlib.machinery.FileFinder):
+    """The path-entry finder of the project root: it does not offer the plugin folders as top-level modules.
+
+    When the project root is on ``sys.path`` (running from the checkout, or some editable installs), Python would
+    resolve ``import datasets`` to our folder as a namespace package whenever no package of that name is
+    installed. With this finder in place for that entry, ``datasets``, ``methods`` and ``baselines`` resolve to an
+    installed package of that name or to nothing, and ``importlib.util.find_spec`` answers ``None`` as usual.
+    """
+
+    def find_spec(self, fullname, target=None):  # noqa: D102
+        if fullname in FOLDERS.values():
+            return None
+        return super().find_spec(fullname, target)
+
+
+def _guard_project_root() -> None:
+    loaders = [
+        (importlib.machinery.ExtensionFileLoader, importlib.machinery.EXTENSION_SUFFIXES),
+        (importlib.machinery.SourceFileLoader, importlib.machinery.SOURCE_SUFFIXES),
+        (importlib.machinery.SourcelessFileLoader, importlib.machinery.BYTECODE_SUFFIXES),
+    ]
+    for entry in {*sys.path, os.getcwd()}:
+        try:
+            same = Path(entry or os.getcwd()).resolve() == PROJECT_ROOT
+        except OSError:
+            continue
+        if same and not isinstance(sys.path_importer_cache.get(entry), _RootFinder):
+            sys.path_importer_cache[entry] = _RootFinder(entry or os.getcwd(), *loaders)
+    for name in FOLDERS.values():  # a namespace module of our folder imported before bench: forget it
+        module = sys.modules.get(name)
+        if module is not None and getattr(module, "__file__", None) is None and any(
+            Path(p).resolve().parent == PROJECT_ROOT for p in getattr(module, "__path__", [])
+        ):
+            del sys.modules[name]
+
+
 _FINDER = _PluginFinder()
 
 
 def install_plugin_finder() -> None:
+    _guard_project_root()
     if not any(isinstance(f, _PluginFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, _FINDER)
 

@@ -276,6 +276,7 @@ def validate(datasets: Sequence[str], methods: Sequence[str], settings: Settings
         dataset = registry.create("dataset", d)
         if settings.profile not in dataset.profiles:
             raise UsageError(f"dataset {d} has no profile {settings.profile!r}; it has {sorted(dataset.profiles)}")
+        load_problem(d, settings.profile, settings.data_root)  # missing or malformed data files fail here
     for m in methods:
         registry.create_method(m)
 

@@ -1,0 +1,261 @@
+"""Selection semantics (bench.selection): scoring a grouping, and exact network selection against the exhaustive
+reference, plus the Taskonomy golden values of the Optimal baseline."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+from conftest import requires_shared_data
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bench import registry
+from bench.errors import Unsupported, UsageError
+from bench.method import Context
+from bench.selection import MAX_DP_TASKS, Candidate, evaluate, select_exact, select_exhaustive
+from bench.types import GroupResult, Grouping, Task
+
+# ------------------------------------------------------------------------------------- exact vs exhaustive
+
+
+def _all_groups(tasks):
+    return [tuple(c) for r in range(1, len(tasks) + 1) for c in itertools.combinations(tasks, r)]
+
+
+_utility = st.one_of(
+    st.integers(-3, 3).map(float),  # ties
+    st.floats(-2.0, 2.0, allow_nan=False, allow_infinity=False, width=32).map(float),
+)
+
+
+@st.composite
+def instances(draw):
+    n = draw(st.integers(1, 6))
+    tasks = [f"t{i}" for i in range(n)]
+    multi = [g for g in _all_groups(tasks) if len(g) > 1]
+    extra = draw(st.lists(st.sampled_from(multi), unique=True, max_size=min(len(multi), 12))) if multi else []
+    groups = [(t,) for t in tasks] + extra
+    order = draw(st.permutations(range(len(groups))))
+    candidates = [
+        Candidate(groups[i], {t: draw(_utility) for t in groups[i]}) for i in order
+    ]
+    k = draw(st.integers(1, 4))
+    return tasks, candidates, k
+
+
+def _served_value(grouping, candidates, tasks):
+    """Each task served by its best chosen group, recomputed from the candidates' utilities."""
+    by_group = {c.group: c for c in candidates}
+    total = 0.0
+    for t in tasks:
+        total += max(by_group[g].utility[t] for g in grouping.groups if t in g)
+    return total
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(instances())
+def test_select_exact_matches_exhaustive(instance):
+    tasks, candidates, k = instance
+    try:
+        ref_grouping, ref_value = select_exhaustive(candidates, tasks, k)
+    except UsageError:  # k groups cannot cover every task: the DP must refuse as well
+        with pytest.raises(UsageError, match=f"no selection of at most {k}"):
+            select_exact(candidates, tasks, k)
+        return
+    grouping, value = select_exact(candidates, tasks, k)
+    assert value == pytest.approx(ref_value, abs=1e-9)
+    for g in (grouping, ref_grouping):
+        assert len(g.groups) <= k
+        assert {t for grp in g.groups for t in grp} == set(tasks)
+        assert set(g.groups) <= {c.group for c in candidates}
+        g.validate(tasks, max_groups=k)
+    assert _served_value(grouping, candidates, tasks) == pytest.approx(value, abs=1e-9)
+    assert _served_value(ref_grouping, candidates, tasks) == pytest.approx(ref_value, abs=1e-9)
+
+
+@settings(max_examples=100, deadline=None)
+@given(instances())
+def test_select_value_never_decreases_with_k(instance):
+    tasks, candidates, _ = instance
+    values = []
+    for k in range(1, len(tasks) + 2):
+        try:
+            values.append(select_exact(candidates, tasks, k)[1])
+        except UsageError:
+            assert not values  # once k groups can cover the tasks, more groups can too
+    assert len(values) >= 2  # the singletons always cover with k = n
+    assert all(b >= a - 1e-12 for a, b in zip(values, values[1:]))
+    # with as many groups as tasks, every task gets its best candidate
+    best = sum(max(c.utility[t] for c in candidates if t in c.group) for t in tasks)
+    assert values[-1] == pytest.approx(best, abs=1e-9)
+
+
+def test_select_prefers_overlap_when_it_pays():
+    tasks = ["a", "b", "c"]
+    cands = [
+        Candidate(("a",), {"a": 0.0}), Candidate(("b",), {"b": 0.0}), Candidate(("c",), {"c": 0.0}),
+        Candidate(("a", "b"), {"a": 1.0, "b": 0.1}),
+        Candidate(("b", "c"), {"b": 1.0, "c": 1.0}),
+        Candidate(("a", "b", "c"), {"a": 0.5, "b": 0.5, "c": 0.5}),
+    ]
+    grouping, value = select_exact(cands, tasks, 2)
+    assert grouping.groups == (("a", "b"), ("b", "c")) and value == pytest.approx(3.0)
+    grouping, value = select_exact(cands, tasks, 1)
+    assert grouping.groups == (("a", "b", "c"),) and value == pytest.approx(1.5)
+
+
+def test_select_checks():
+    tasks = ["a", "b"]
+    cands = [Candidate(("a",), {"a": 1.0}), Candidate(("b",), {"b": 1.0})]
+    for select in (select_exact, select_exhaustive):
+        with pytest.raises(UsageError, match="at least 1"):
+            select(cands, tasks, 0)
+        with pytest.raises(UsageError, match=r"no candidate group contains tasks \['c'\]"):
+            select(cands, ["a", "b", "c"], 2)
+        with pytest.raises(UsageError, match=r"unknown tasks \['z'\]"):
+            select(cands + [Candidate(("a", "z"), {"a": 1.0, "z": 1.0})], tasks, 2)
+    # covering needs two groups, only one allowed
+    with pytest.raises(UsageError, match="no selection of at most 1"):
+        select_exact(cands, tasks, 1)
+    with pytest.raises(UsageError, match="no selection of at most 1"):
+        select_exhaustive(cands, tasks, 1)
+
+
+def test_select_exact_size_limit():
+    tasks = [f"t{i}" for i in range(MAX_DP_TASKS + 1)]
+    cands = [Candidate((t,), {t: 0.0}) for t in tasks]
+    with pytest.raises(Unsupported):
+        select_exact(cands, tasks, 2)
+
+
+# ------------------------------------------------------------------------------------------------- evaluate
+
+
+def _result(group, val, test):
+    return GroupResult(group=tuple(group), seed=0, val=val, test=test)
+
+
+TASKS = [Task("a"), Task("b"), Task("c")]  # mse: lower is better
+
+
+def test_evaluate_serves_by_val_and_reports_test():
+    results = {
+        ("a",): _result(("a",), {"a": 1.0}, {"a": 1.0}),
+        ("b",): _result(("b",), {"b": 2.0}, {"b": 2.0}),
+        ("c",): _result(("c",), {"c": 3.0}, {"c": 3.0}),
+        ("a", "b"): _result(("a", "b"), {"a": 0.5, "b": 2.5}, {"a": 9.0, "b": 0.1}),
+    }
+    grouping = Grouping.of([("a", "b"), ("a",), ("b",), ("c",)], "select")
+    ev = evaluate(grouping, results, TASKS)
+    # a: val 0.5 in a+b beats 1.0 alone -> reports a+b's test 9.0 (even though alone is better on test)
+    assert ev.served_by == {"a": ("a", "b"), "b": ("b",), "c": ("c",)}
+    assert ev.per_task == {"a": 9.0, "b": 2.0, "c": 3.0}
+    assert ev.per_task_val == {"a": 0.5, "b": 2.0, "c": 3.0}
+    assert ev.total == pytest.approx(14.0)
+    oracle = evaluate(grouping, results, TASKS, serve_by="test")
+    assert oracle.served_by == {"a": ("a",), "b": ("a", "b"), "c": ("c",)}
+    assert oracle.total == pytest.approx(1.0 + 0.1 + 3.0)
+
+
+def test_evaluate_higher_is_better():
+    tasks = [Task("a", kind="gain", metric="gain", higher_is_better=True)]
+    results = {("a",): _result(("a",), {"a": 0.0}, {"a": 0.0})}
+    grouping = Grouping.of([("a",)])
+    assert evaluate(grouping, results, tasks).total == 0.0
+    tasks2 = [Task("a", kind="gain", metric="gain", higher_is_better=True), Task("b", kind="gain", metric="gain",
+                                                                                 higher_is_better=True)]
+    results = {
+        ("a",): _result(("a",), {"a": 0.0}, {"a": 0.0}),
+        ("b",): _result(("b",), {"b": 0.0}, {"b": 0.0}),
+        ("a", "b"): _result(("a", "b"), {"a": 0.2, "b": -0.1}, {"a": 0.3, "b": -0.2}),
+    }
+    ev = evaluate(Grouping.of([("a",), ("b",), ("a", "b")]), results, tasks2)
+    assert ev.served_by == {"a": ("a", "b"), "b": ("b",)} and ev.total == pytest.approx(0.3)
+
+
+def test_evaluate_ties_are_deterministic():
+    results = {
+        ("a", "b"): _result(("a", "b"), {"a": 1.0, "b": 1.0}, {"a": 5.0, "b": 5.0}),
+        ("a", "c"): _result(("a", "c"), {"a": 1.0, "c": 1.0}, {"a": 7.0, "c": 7.0}),
+        ("a", "b", "c"): _result(("a", "b", "c"), {"a": 1.0, "b": 1.0, "c": 1.0}, {"a": 3.0, "b": 3.0, "c": 3.0}),
+    }
+    outcomes = set()
+    for order in itertools.permutations(results):
+        ev = evaluate(Grouping.of(order), results, TASKS)
+        outcomes.add(tuple(sorted(ev.served_by.items())))
+        # the first group in canonical order (by size, then name) wins a tie
+        assert ev.served_by == {"a": ("a", "b"), "b": ("a", "b"), "c": ("a", "c")}
+        assert ev.total == pytest.approx(5.0 + 5.0 + 7.0)
+    assert len(outcomes) == 1
+
+
+def test_evaluate_validates_the_grouping():
+    results = {
+        ("a", "b"): _result(("a", "b"), {"a": 1.0, "b": 1.0}, {"a": 1.0, "b": 1.0}),
+        ("b", "c"): _result(("b", "c"), {"b": 1.0, "c": 1.0}, {"b": 1.0, "c": 1.0}),
+        ("a",): _result(("a",), {"a": 1.0}, {"a": 1.0}),
+    }
+    overlapping = Grouping.of([("a", "b"), ("b", "c")], "partition")
+    with pytest.raises(ValueError, match="must not repeat"):
+        evaluate(overlapping, results, TASKS)
+    # the same groups are fine under select semantics
+    assert evaluate(Grouping.of([("a", "b"), ("b", "c")], "select"), results, TASKS).total == pytest.approx(3.0)
+    with pytest.raises(ValueError, match=r"uncovered"):
+        evaluate(Grouping.of([("a", "b")], "partition"), results, TASKS)
+    with pytest.raises(ValueError, match=r"unknown tasks \['z'\]"):
+        evaluate(Grouping.of([("a", "b"), ("c", "z")], "partition"), results, TASKS)
+    with pytest.raises(UsageError, match="serve_by"):
+        evaluate(Grouping.of([("a", "b"), ("b", "c")]), results, TASKS, serve_by="train")
+
+
+def test_grouping_validate_max_groups():
+    g = Grouping.of([("a",), ("b",), ("c",)], "partition")
+    g.validate(["a", "b", "c"], max_groups=3)
+    with pytest.raises(ValueError, match="at most 2"):
+        g.validate(["a", "b", "c"], max_groups=2)
+
+
+# -------------------------------------------------------------------------------------- Taskonomy golden test
+
+
+@requires_shared_data
+@pytest.mark.realdata
+def test_taskonomy_optimal_golden(shared_data_root):
+    """Exact network selection over Taskonomy's 31 published groups, selecting and serving on test gains.
+
+    transfer-gain-mip Table 2 publishes the Optimal totals 0.694 (k=2), 0.888 (k=3) and 0.833 (k=4). The exact
+    optimum agrees for k=2 and k=3 and is *better* than the published 0.833 for k=4 (0.9174), so this test pins
+    the exact optimum, not the published k=4 value. k=1 is the single group of all tasks (0.17347).
+    """
+    try:
+        problem = registry.create("dataset", "taskonomy").load("mini", shared_data_root)
+    except Exception as exc:  # the root exists but holds no Taskonomy table
+        pytest.skip(f"Taskonomy table not available: {exc}")
+    assert problem.data == "real" and problem.n_candidate_groups() == 31
+    optimal = registry.create("baseline", "optimal")  # select_on=test by default
+    ctx = Context(problem, seed=0, trainer=lambda group, seed: problem.train(group, seed))
+    results = optimal.collect(ctx)
+    assert len(results) == 31 and len(ctx.ledger) == 31
+    expected = {
+        1: (0.17347, [("d", "e", "k", "n", "s")]),
+        2: (0.69376, [("k", "n"), ("d", "e", "k", "n", "s")]),
+        3: (0.88818, [("k", "n"), ("n", "s"), ("d", "e", "n")]),
+        4: (0.91742, [("d", "n"), ("k", "n"), ("n", "s"), ("d", "e", "n")]),
+    }
+    published = {2: 0.694, 3: 0.888, 4: 0.833}
+    candidates = [
+        Candidate(g, {t: problem.task(t).utility(r.test[t]) for t in g}) for g, r in results.items()
+    ]
+    for k, (total, groups) in expected.items():
+        grouping = optimal.solve(results, k, ctx)
+        assert grouping.groups == tuple(groups), k
+        ev = evaluate(grouping, results, problem.tasks, serve_by=optimal.serve_by)
+        assert ev.total == pytest.approx(total, abs=1e-9), k
+        assert select_exhaustive(candidates, problem.task_names, k)[1] == pytest.approx(total, abs=1e-9)
+        if k in (2, 3):
+            assert round(ev.total, 3) == published[k]
+        if k in published:
+            assert ev.total >= published[k] - 5e-4
+    assert not math.isclose(expected[4][0], published[4], abs_tol=1e-2)  # documented disagreement, k=4
