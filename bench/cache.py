@@ -72,9 +72,13 @@ class ResultCache:
                 data = json.load(fh)
         except FileNotFoundError:
             return None
-        except (json.JSONDecodeError, OSError):
+        except (json.JSONDecodeError, OSError, UnicodeDecodeError):
             return None  # an unreadable entry is recomputed and rewritten
-        return dataclasses.replace(GroupResult.from_json(data["result"]), cached=True)
+        try:
+            result = GroupResult.from_json(data["result"])
+        except (KeyError, TypeError, ValueError):
+            return None  # valid JSON but not an entry (damaged or foreign file): recomputed and rewritten too
+        return dataclasses.replace(result, cached=True)
 
     def put(self, key: str, result: GroupResult) -> None:
         path = self._path(key)

@@ -236,6 +236,7 @@ class _Loop:
         self.config = config
         self.callbacks = list(callbacks)
         self.loss_fns = {t: loss_fn(tasks[t].loss) for t in group}
+        self._modules = list(model.modules())
         params = list(model.parameters())
         if config.optimizer == "adam":
             self.optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -250,8 +251,14 @@ class _Loop:
         else:
             self.scheduler = None
 
+    def set_mode(self, train_mode: bool) -> None:
+        """``model.train(train_mode)``, skipped when every module already is in that mode (it costs a walk of
+        the module tree with one ``__setattr__`` per module, a visible share of a small step)."""
+        if any(m.training != train_mode for m in self._modules):
+            self.model.train(train_mode)
+
     def losses(self, batch: Batch, params=None, train_mode: bool = True) -> dict[str, torch.Tensor]:
-        self.model.train(train_mode)
+        self.set_mode(train_mode)
         if params:
             out = torch.func.functional_call(self.model, dict(params), (batch.inputs,), strict=False)
         else:
