@@ -107,7 +107,9 @@ def _cmd_run(args) -> int:
         profile=suite.profile,
     )
     datasets, methods = suite.expand_datasets(), suite.expand_methods()
-    print(f"suite {suite.name}: {len(datasets)} datasets x {len(methods)} methods x splits {list(suite.splits)} "
+    overridden = any(v is not None for v in (args.datasets, args.methods, args.splits, args.seeds, args.profile))
+    label = f"suite {suite.name}" + (" with command-line overrides" if overridden else "")
+    print(f"{label}: {len(datasets)} datasets x {len(methods)} methods x splits {list(suite.splits)} "
           f"x seeds {list(suite.seeds)}, profile {suite.profile}, out {settings.out_dir}", file=sys.stderr)
     try:
         summary = run_suite(datasets, methods, suite.splits, suite.seeds, settings, jobs=jobs,
