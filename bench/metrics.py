@@ -13,17 +13,25 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _flat(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return pred.reshape(target.shape[0], -1).squeeze(-1), target.reshape(target.shape[0], -1).squeeze(-1)
+    """Prediction and target as matching tensors (one output per sample: both of shape (B,)).
+
+    The common case, a (B, 1) prediction for a (B,) target of the same dtype, takes a short path: this runs once per
+    task per training step, so its cost shows in the trainer's per-step overhead.
+    """
+    if pred.ndim == 2 and pred.shape[1] == 1 and target.ndim == 1:
+        pred = pred.squeeze(-1)
+    elif pred.shape != target.shape:
+        pred = pred.reshape(target.shape[0], -1).squeeze(-1)
+        target = target.reshape(target.shape[0], -1).squeeze(-1)
+    return pred, target if target.dtype == pred.dtype else target.to(pred.dtype)
 
 
 def _mse(pred, target):
-    p, t = _flat(pred, target)
-    return F.mse_loss(p, t.to(p.dtype))
+    return F.mse_loss(*_flat(pred, target))
 
 
 def _l1(pred, target):
-    p, t = _flat(pred, target)
-    return F.l1_loss(p, t.to(p.dtype))
+    return F.l1_loss(*_flat(pred, target))
 
 
 def _cross_entropy(pred, target):
@@ -31,8 +39,7 @@ def _cross_entropy(pred, target):
 
 
 def _bce(pred, target):
-    p, t = _flat(pred, target)
-    return F.binary_cross_entropy_with_logits(p, t.to(p.dtype))
+    return F.binary_cross_entropy_with_logits(*_flat(pred, target))
 
 
 LOSSES: dict[str, LossFn] = {"mse": _mse, "l1": _l1, "cross_entropy": _cross_entropy, "bce": _bce}

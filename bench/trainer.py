@@ -279,7 +279,11 @@ class _Loop:
         return grads
 
     def step(self, ctx: StepContext | None, losses: dict[str, torch.Tensor]) -> torch.Tensor:
-        total = sum(losses.values())
+        # The plain sum, without the extra ``0 + ...`` graph node that ``sum()`` adds (same value, same gradient).
+        values = iter(losses.values())
+        total = next(values)
+        for value in values:
+            total = total + value
         self.optimizer.zero_grad(set_to_none=True)
         if ctx is not None and ctx._task_grads is not None:
             # The update is the sum of the per-task gradients the callbacks already asked for: no extra pass.
@@ -296,9 +300,10 @@ class _Loop:
         return total.detach()
 
     @torch.no_grad()
-    def evaluate(self, split: Split, tasks: Mapping[str, Task]) -> tuple[dict[str, float], dict[str, float]]:
-        """Per-task (loss, metric) over a whole split, computed in evaluation mode."""
-        self.model.eval()
+    def evaluate(self, split: Split, tasks: Mapping[str, Task],
+                 with_metrics: bool = True) -> tuple[dict[str, float], dict[str, float]]:
+        """Per-task (loss, metric) over a whole split, computed in evaluation mode (no metrics: ``{}``)."""
+        self.set_mode(False)
         bs = self.config.eval_batch_size
         losses, metrics = {}, {}
         shared = split.shared(self.group)
@@ -318,9 +323,10 @@ class _Loop:
                 for t, o in self.model(inputs).items():
                     outs[t].append(o)
         for t in self.group:
-            out, target = torch.cat(outs[t]), split.targets[t]
+            out, target = (outs[t][0] if len(outs[t]) == 1 else torch.cat(outs[t])), split.targets[t]
             losses[t] = float(self.loss_fns[t](out, target))
-            metrics[t] = float(metric_fn(tasks[t].metric)(out, target))
+            if with_metrics:
+                metrics[t] = float(metric_fn(tasks[t].metric)(out, target))
         return losses, metrics
 
 
@@ -384,7 +390,7 @@ def train_group(
                 n_steps += 1
             if loop.scheduler is not None:
                 loop.scheduler.step()
-            val_losses, _ = loop.evaluate(val, tasks)
+            val_losses, _ = loop.evaluate(val, tasks, with_metrics=False)
             total_val = sum(val_losses.values())
             if not math.isfinite(total_val):
                 raise FloatingPointError(f"validation loss of group {group} became {total_val} at epoch {epoch}")

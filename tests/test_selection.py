@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench import registry
-from bench.errors import Unsupported, UsageError
+from bench.errors import DataNotFound, Unsupported, UsageError
 from bench.method import Context
 from bench.selection import MAX_DP_TASKS, Candidate, evaluate, select_exact, select_exhaustive
 from bench.types import GroupResult, Grouping, Task
@@ -231,7 +231,7 @@ def test_taskonomy_optimal_golden(shared_data_root):
     """
     try:
         problem = registry.create("dataset", "taskonomy").load("mini", shared_data_root)
-    except Exception as exc:  # the root exists but holds no Taskonomy table
+    except DataNotFound as exc:  # the root exists but holds no Taskonomy table
         pytest.skip(f"Taskonomy table not available: {exc}")
     assert problem.data == "real" and problem.n_candidate_groups() == 31
     optimal = registry.create("baseline", "optimal")  # select_on=test by default

@@ -317,11 +317,73 @@ class _Observer(Callback):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_task_gradient_update_matches_plain_training(tiny_problem, seed):
-    """With a callback asking for task gradients the update is the sum of the per-task gradients."""
-    plain = tiny_problem.train(ALL, seed=seed)
-    with_grads = tiny_problem.train(ALL, seed=seed, callbacks=[_AsksForGradients()])
+@pytest.mark.parametrize("optimizer, lr", [("adam", None), ("sgd", 0.01)])
+def test_task_gradient_update_matches_plain_training(tiny_problem, seed, optimizer, lr):
+    """With a callback asking for task gradients the update is the sum of the per-task gradients.
+
+    SGD is scale-sensitive (Adam would hide a sum/mean mix-up)."""
+    config = {"optimizer": optimizer, "lr": lr} if lr is not None else {}
+    plain = _train(tiny_problem, ALL, seed=seed, **config)
+    with_grads = _train(tiny_problem, ALL, seed=seed, callbacks=[_AsksForGradients()], **config)
     _close(with_grads, plain, tol=1e-6)
+
+
+@pytest.mark.parametrize("ask_for_gradients", [False, True])
+def test_update_is_minus_lr_times_summed_gradient(tiny_problem, ask_for_gradients):
+    """Plain SGD: every step moves each shared parameter by -lr * gradient of the summed loss."""
+    lr = 0.01
+    checked = []
+
+    class Check(Callback):
+        def before_step(self, ctx):
+            if ask_for_gradients:
+                ctx.task_gradients()
+            self.before = {n: p.detach().clone() for n, p in ctx.shared_parameters().items()}
+            self.grad, _ = _reference_summed_gradient(ctx)
+
+        def after_step(self, ctx):
+            for n, p in ctx.shared_parameters().items():
+                expected = self.before[n] - lr * self.grad[n]
+                assert torch.allclose(p.detach(), expected, rtol=1e-5, atol=1e-6), n
+                assert not torch.equal(p.detach(), self.before[n])
+            checked.append(ctx.step)
+
+    _train(tiny_problem, ALL, seed=0, callbacks=[Check()], optimizer="sgd", momentum=0.0, lr=lr, epochs=3,
+           patience=None)
+    assert checked == list(range(6))
+
+
+class _ModeProbe(nn.Module):
+    """Identity that records, per forward, whether gradients were on and whether the module was training."""
+
+    def __init__(self, log):
+        super().__init__()
+        self.log = log
+
+    def forward(self, x):
+        self.log.append((torch.is_grad_enabled(), self.training))
+        return x
+
+
+def test_train_mode_for_steps_and_eval_mode_for_evaluation(tiny_problem):
+    log = []
+
+    def factory(group):
+        encoder = nn.Sequential(nn.Linear(10, 1, bias=False), _ModeProbe(log))
+        return MTLModel(encoder, {t: nn.Linear(1, 1) for t in group})
+
+    class EvalLookahead(Callback):
+        def before_step(self, ctx):
+            ctx.losses_with({}, train_mode=False)  # leaves the model in eval mode ...
+
+    tasks = {t.name: t for t in tiny_problem.tasks}
+    cfg = dataclasses.replace(tiny_problem.config, epochs=3, patience=None)
+    train_group(factory, tiny_problem.task_data, tasks, ("t0", "t1"), cfg, seed=0, callbacks=[EvalLookahead()])
+    steps = [training for grad, training in log if grad]
+    evals = [training for grad, training in log if not grad]
+    # ... yet every training step runs in train mode (step forward: train; the callback's lookahead: eval)
+    assert steps == [True, False] * 6
+    assert evals == [False] * (3 + 2)  # a validation pass per epoch, then the final validation and test
 
 
 def test_observing_callback_does_not_change_results(tiny_problem):

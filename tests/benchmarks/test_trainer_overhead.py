@@ -6,6 +6,10 @@ trainer's bookkeeping (batch dicts, loss dispatch, callbacks check, running loss
 batch 64, Adam, 3 epochs without early stopping; a validation pass per epoch keeping the best weights, and a final
 validation and test evaluation of the restored weights.
 
+The hand loop computes each task's loss as ``F.mse_loss(head(z).squeeze(-1), y)``, what one writes by hand; the
+trainer goes through ``bench.metrics.loss_fn('mse')``, whose shape-generic flattening (two reshapes, two
+squeezes, a dtype cast, and their backward nodes) is part of the overhead measured here.
+
 Run: ``pytest tests/benchmarks --benchmark-only``. The target (trainer / hand loop <= 1.10) is asserted only when
 benchmarks are enabled; under ``--benchmark-disable`` every test runs once as a plain check.
 """
@@ -69,14 +73,15 @@ def run_hand_loop(data: TaskData = DATA) -> dict[str, float]:
         n, bs = x.shape[0], CONFIG.batch_size
 
         @torch.no_grad()
-        def evaluate(split: Split) -> tuple[dict[str, float], dict[str, float]]:
+        def evaluate(split: Split, with_metrics: bool = True) -> tuple[dict[str, float], dict[str, float]]:
             model.eval()
             z = model.encoder(split.inputs[TASK_NAMES[0]])
             losses, metrics = {}, {}
             for t in TASK_NAMES:
                 pred, y = model.heads[t](z).squeeze(-1), split.targets[t]
                 losses[t] = float(F.mse_loss(pred, y))
-                metrics[t] = float(F.mse_loss(pred.double(), y.double()))
+                if with_metrics:
+                    metrics[t] = float(F.mse_loss(pred.double(), y.double()))
             return losses, metrics
 
         best_val, best_state = math.inf, None
@@ -90,7 +95,7 @@ def run_hand_loop(data: TaskData = DATA) -> dict[str, float]:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-            val_losses, _ = evaluate(data.val)
+            val_losses, _ = evaluate(data.val, with_metrics=False)
             total = sum(val_losses.values())
             if total < best_val:
                 best_val, best_state = total, copy.deepcopy(model.state_dict())
@@ -133,15 +138,17 @@ def _interleaved(runs: int = 7) -> dict[str, float]:
     return {"trainer_s": trainer, "hand_s": hand, "ratio": trainer / hand}
 
 
-def test_trainer_overhead_ratio(benchmark):
+def test_trainer_overhead_ratio(benchmark, capsys):
     benchmark.group = "trainer-overhead-ratio"
     measured = benchmark.pedantic(_interleaved, rounds=1, iterations=1)
     benchmark.extra_info.update(measured)
     steps = CONFIG.epochs * math.ceil(N_TRAIN / CONFIG.batch_size)
-    print(
-        f"\ntrainer-overhead: trainer {measured['trainer_s'] * 1e3:.1f} ms, hand loop {measured['hand_s'] * 1e3:.1f} ms"
-        f" per training ({steps} steps; median of 7 interleaved runs), ratio = {measured['ratio']:.3f}"
-    )
+    with capsys.disabled():  # shown even without -s
+        print(
+            f"\ntrainer-overhead: trainer {measured['trainer_s'] * 1e3:.1f} ms, hand loop "
+            f"{measured['hand_s'] * 1e3:.1f} ms per training ({steps} steps; median of 7 interleaved runs), "
+            f"ratio = {measured['ratio']:.3f}"
+        )
     if benchmark.disabled:
         return  # the target is measured in the benchmark run, not in the unit-test run
     assert measured["ratio"] <= MAX_RATIO, measured
