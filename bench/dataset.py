@@ -67,6 +67,7 @@ class Problem(ABC):
         self.planted_groups = (
             tuple(sorted(make_group(g) for g in planted_groups)) if planted_groups is not None else None
         )
+        self.notice: str | None = None  # shown once by the CLI, e.g. where to get the real data of a stand-in
 
     @property
     def n_tasks(self) -> int:

@@ -270,15 +270,22 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def validate(datasets: Sequence[str], methods: Sequence[str], settings: Settings) -> None:
-    """Fail early (before any work) on unknown names, bad parameters and bad profiles."""
+def validate(datasets: Sequence[str], methods: Sequence[str], settings: Settings) -> list[str]:
+    """Fail early (before any work) on unknown names, bad parameters, bad profiles and missing data files.
+
+    Returns the datasets' notices (e.g. that a synthetic stand-in replaces missing real data).
+    """
+    notices = []
     for d in datasets:
         dataset = registry.create("dataset", d)
         if settings.profile not in dataset.profiles:
             raise UsageError(f"dataset {d} has no profile {settings.profile!r}; it has {sorted(dataset.profiles)}")
-        load_problem(d, settings.profile, settings.data_root)  # missing or malformed data files fail here
+        problem = load_problem(d, settings.profile, settings.data_root)  # missing or malformed files fail here
+        if problem.notice:
+            notices.append(problem.notice)
     for m in methods:
         registry.create_method(m)
+    return notices
 
 
 def run_suite(datasets: Sequence[str], methods: Sequence[str], splits: Sequence[int], seeds: Sequence[int],

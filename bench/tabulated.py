@@ -141,5 +141,11 @@ class GainTableDataset(Dataset):
             return out
 
         identity = self.base_identity(profile, {}, "synthetic", "stand-in-1")
-        return TabulatedProblem(self.tasks(), "synthetic", identity, gain_fn=gain, planted_groups=planted)
+        problem = TabulatedProblem(self.tasks(), "synthetic", identity, gain_fn=gain, planted_groups=planted)
+        problem.notice = (
+            f"{self.name}: no data root given, using a synthetic stand-in (data=synthetic). For the real table, "
+            f"download {', '.join(p.name for p in self.files(Path('.')))} from {MTGNET_SOURCE} into "
+            f"DIR/{self.folder} and pass --data-root DIR (or set BENCH_DATA_ROOT)."
+        )
+        return problem
 

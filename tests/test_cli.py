@@ -132,3 +132,11 @@ def test_python_dash_m_entry_point(tmp_path):
                           capture_output=True, text=True, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
                           timeout=120)
     assert proc.returncode == 2 and "comma-separated integers" in proc.stderr
+
+
+def test_stand_in_says_where_to_get_the_real_data(capsys, tmp_path):
+    code, _, err = _run(capsys, "run", "--datasets", "taskonomy", "--methods", "stl", "--seeds", "0",
+                        "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"))
+    assert code == 0
+    assert "note: taskonomy: no data root given, using a synthetic stand-in" in err
+    assert "github.com/ShawnKS/MTG-Net" in err
