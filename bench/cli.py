@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args) -> int:
-    from bench.runner import Settings, run_suite, validate
+    from bench.runner import Settings, run_suite
     from bench.suites import get_suite
     from bench.tables import write_tables
     from bench.trainer import resolve_device
@@ -111,11 +111,10 @@ def _cmd_run(args) -> int:
     label = f"suite {suite.name}" + (" with command-line overrides" if overridden else "")
     print(f"{label}: {len(datasets)} datasets x {len(methods)} methods x splits {list(suite.splits)} "
           f"x seeds {list(suite.seeds)}, profile {suite.profile}, out {settings.out_dir}", file=sys.stderr)
-    for notice in validate(datasets, methods, settings):
-        print(f"note: {notice}", file=sys.stderr)
     try:
         summary = run_suite(datasets, methods, suite.splits, suite.seeds, settings, jobs=jobs,
-                            show_progress=False if args.no_progress else None)
+                            show_progress=False if args.no_progress else None,
+                            notify=lambda notice: print(f"note: {notice}", file=sys.stderr))
     except KeyboardInterrupt:
         print(f"interrupted: finished records are kept in {settings.out_dir}/records.jsonl; "
               "run the same command again to resume", file=sys.stderr)

@@ -24,7 +24,7 @@ import json
 import os
 import time
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -289,8 +289,12 @@ def validate(datasets: Sequence[str], methods: Sequence[str], settings: Settings
 
 
 def run_suite(datasets: Sequence[str], methods: Sequence[str], splits: Sequence[int], seeds: Sequence[int],
-              settings: Settings, jobs: int = 1, show_progress: bool | None = None) -> Summary:
-    validate(datasets, methods, settings)
+              settings: Settings, jobs: int = 1, show_progress: bool | None = None,
+              notify: Callable[[str], None] | None = None) -> Summary:
+    """Run every cell of the grid; ``notify`` receives the datasets' notices before any work starts."""
+    for notice in validate(datasets, methods, settings):
+        if notify is not None:
+            notify(notice)
     out = Path(settings.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     done = frozenset(r["run_key"] for r in read_records(out) if r.get("status") in ("ok", "skipped"))
