@@ -1,7 +1,8 @@
 """Optimal: exhaustive network selection over the ground-truth results of every candidate group.
 
 Every candidate group is trained (or looked up) and the best selection of at most k groups is found exactly
-(:func:`bench.selection.select_exact`; groups may overlap, each task is served by its best chosen group).
+(by the solver named in ``solver``, the exact ``dp`` by default; groups may overlap, each task is served by its best
+chosen group).
 
 Choice made here: by default the oracle chooses *and serves* on the **test** values (``select_on=test``), so its
 total is the largest test total any selection of at most k groups can reach: an upper bound for every method
@@ -16,16 +17,18 @@ trainings, or when the problem has no complete table of candidates.
 
 from __future__ import annotations
 
+from bench import registry
 from bench.errors import Unsupported, UsageError
 from bench.method import Context, Method
-from bench.selection import Candidate, select_exact
+from bench.selection import candidates
+from bench.solvers.base import SelectProblem
 from bench.types import Grouping
 
 
 class Optimal(Method):
     name = "optimal"
     semantics = "select"
-    defaults = {"select_on": "test", "max_trainings": 1023}
+    defaults = {"select_on": "test", "max_trainings": 1023, "solver": "dp"}
     test_parameters = {"select_on": "val"}
 
     @property
@@ -44,9 +47,8 @@ class Optimal(Method):
         return {g: ctx.train(g) for g in ctx.problem.candidate_groups()}
 
     def solve(self, results, n_groups: int, ctx: Context) -> Grouping:
-        candidates = [
-            Candidate(g, {t: ctx.problem.task(t).utility(getattr(r, self.select_on)[t]) for t in g})
-            for g, r in results.items()
-        ]
-        grouping, _ = select_exact(candidates, ctx.tasks, n_groups)
-        return grouping
+        problem = SelectProblem(ctx.tasks, tuple(candidates(results, ctx.problem.tasks, self.select_on)), n_groups)
+        solver = registry.create("solver", self.solver)
+        if not solver.exact:
+            raise UsageError(f"optimal needs an exact solver, '{self.solver}' is a heuristic")
+        return solver.solve(problem, ctx.seed).grouping

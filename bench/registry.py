@@ -1,6 +1,7 @@
-"""Discovery of plugins: one file = one dataset, method or baseline.
+"""Discovery of plugins: one file = one dataset, method, baseline or solver.
 
-Plugin folders (``datasets/``, ``methods/``, ``baselines/``) sit beside the ``bench`` package, and further roots
+Built-in solvers are engine modules (``bench/solvers/<name>.py``). Plugin folders (``datasets/``, ``methods/``,
+``baselines/``, and ``solvers/`` for a user's own solvers) sit beside the ``bench`` package, and further roots
 holding such folders can be named in the environment variable ``BENCH_PLUGIN_PATH`` (``os.pathsep``-separated).
 Each ``<folder>/<stem>.py`` is loaded **by file path** as the module ``bench.plugins.<folder>.<stem>`` through a
 meta-path finder. Consequences, on purpose:
@@ -20,6 +21,7 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import os
+import pkgutil
 import sys
 import types
 from functools import lru_cache
@@ -30,7 +32,9 @@ from bench.errors import UsageError, unknown_name
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PLUGIN_NAMESPACE = "bench.plugins"
-FOLDERS = {"dataset": "datasets", "method": "methods", "baseline": "baselines"}
+FOLDERS = {"dataset": "datasets", "method": "methods", "baseline": "baselines", "solver": "solvers"}
+ENGINE_PACKAGES = {"solver": "bench.solvers"}
+"""Kinds whose built-in components are engine modules (``bench/solvers/<name>.py``); plugin roots may add more."""
 KINDS = tuple(FOLDERS)
 
 
@@ -132,6 +136,10 @@ def install_plugin_finder() -> None:
 
 
 def _base_class(kind: str) -> type:
+    if kind == "solver":
+        from bench.solvers.base import Solver
+
+        return Solver
     if kind == "dataset":
         from bench.dataset import Dataset
 
@@ -147,6 +155,17 @@ def _load(kind: str) -> dict[str, type]:
     folder = FOLDERS[kind]
     base = _base_class(kind)
     found: dict[str, type] = {}
+    package = ENGINE_PACKAGES.get(kind)
+    if package is not None:  # built-in engine modules: those defining a component named after the module
+        pkg = importlib.import_module(package)
+        for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+            if info.name.startswith("_") or info.name == "base":
+                continue
+            module = importlib.import_module(f"{package}.{info.name}")
+            for obj in vars(module).values():
+                if isinstance(obj, type) and issubclass(obj, base) and obj.__module__ == module.__name__ \
+                        and obj.name == info.name:
+                    found[info.name] = obj
     for stem, path in plugin_files(folder).items():
         modname = f"{PLUGIN_NAMESPACE}.{folder}.{stem}"
         try:
@@ -167,12 +186,14 @@ def _load(kind: str) -> dict[str, type]:
         expected = "baseline" if kind == "baseline" else kind
         if getattr(cls, "kind", None) != expected:
             cls.kind = expected  # the folder decides whether a method is listed as a method or a baseline
+        if stem in found:
+            raise UsageError(f"{kind} plugin {path} reuses the built-in name '{stem}'; rename the file")
         found[stem] = cls
     return found
 
 
 def components(kind: str) -> dict[str, type]:
-    """``name -> class`` for every registered component of ``kind`` (``dataset``, ``method``, ``baseline``)."""
+    """``name -> class`` for every registered component of ``kind`` (dataset, method, baseline, solver)."""
     if kind not in FOLDERS:
         raise unknown_name("component kind", kind, FOLDERS)
     return dict(_load(kind))

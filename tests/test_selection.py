@@ -1,5 +1,5 @@
-"""Selection semantics (bench.selection): scoring a grouping, and exact network selection against the exhaustive
-reference, plus the Taskonomy golden values of the Optimal baseline."""
+"""Selection semantics (bench.selection): scoring a grouping, plus the Taskonomy golden values of the Optimal
+baseline (exact solvers are tested against exhaustive enumeration in tests/solvers/test_exact.py)."""
 
 from __future__ import annotations
 
@@ -8,127 +8,14 @@ import math
 
 import pytest
 from conftest import requires_shared_data
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from bench import registry
-from bench.errors import DataNotFound, Unsupported, UsageError
+from bench.errors import DataNotFound, UsageError
 from bench.method import Context
-from bench.selection import MAX_DP_TASKS, Candidate, evaluate, select_exact, select_exhaustive
+from bench.selection import candidates as make_candidates
+from bench.selection import evaluate
+from bench.solvers.base import SelectProblem
 from bench.types import GroupResult, Grouping, Task
-
-# ------------------------------------------------------------------------------------- exact vs exhaustive
-
-
-def _all_groups(tasks):
-    return [tuple(c) for r in range(1, len(tasks) + 1) for c in itertools.combinations(tasks, r)]
-
-
-_utility = st.one_of(
-    st.integers(-3, 3).map(float),  # ties
-    st.floats(-2.0, 2.0, allow_nan=False, allow_infinity=False, width=32).map(float),
-)
-
-
-@st.composite
-def instances(draw):
-    n = draw(st.integers(1, 6))
-    tasks = [f"t{i}" for i in range(n)]
-    multi = [g for g in _all_groups(tasks) if len(g) > 1]
-    extra = draw(st.lists(st.sampled_from(multi), unique=True, max_size=min(len(multi), 12))) if multi else []
-    groups = [(t,) for t in tasks] + extra
-    order = draw(st.permutations(range(len(groups))))
-    candidates = [
-        Candidate(groups[i], {t: draw(_utility) for t in groups[i]}) for i in order
-    ]
-    k = draw(st.integers(1, 4))
-    return tasks, candidates, k
-
-
-def _served_value(grouping, candidates, tasks):
-    """Each task served by its best chosen group, recomputed from the candidates' utilities."""
-    by_group = {c.group: c for c in candidates}
-    total = 0.0
-    for t in tasks:
-        total += max(by_group[g].utility[t] for g in grouping.groups if t in g)
-    return total
-
-
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(instances())
-def test_select_exact_matches_exhaustive(instance):
-    tasks, candidates, k = instance
-    try:
-        ref_grouping, ref_value = select_exhaustive(candidates, tasks, k)
-    except UsageError:  # k groups cannot cover every task: the DP must refuse as well
-        with pytest.raises(UsageError, match=f"no selection of at most {k}"):
-            select_exact(candidates, tasks, k)
-        return
-    grouping, value = select_exact(candidates, tasks, k)
-    assert value == pytest.approx(ref_value, abs=1e-9)
-    for g in (grouping, ref_grouping):
-        assert len(g.groups) <= k
-        assert {t for grp in g.groups for t in grp} == set(tasks)
-        assert set(g.groups) <= {c.group for c in candidates}
-        g.validate(tasks, max_groups=k)
-    assert _served_value(grouping, candidates, tasks) == pytest.approx(value, abs=1e-9)
-    assert _served_value(ref_grouping, candidates, tasks) == pytest.approx(ref_value, abs=1e-9)
-
-
-@settings(max_examples=100, deadline=None)
-@given(instances())
-def test_select_value_never_decreases_with_k(instance):
-    tasks, candidates, _ = instance
-    values = []
-    for k in range(1, len(tasks) + 2):
-        try:
-            values.append(select_exact(candidates, tasks, k)[1])
-        except UsageError:
-            assert not values  # once k groups can cover the tasks, more groups can too
-    assert len(values) >= 2  # the singletons always cover with k = n
-    assert all(b >= a - 1e-12 for a, b in zip(values, values[1:]))
-    # with as many groups as tasks, every task gets its best candidate
-    best = sum(max(c.utility[t] for c in candidates if t in c.group) for t in tasks)
-    assert values[-1] == pytest.approx(best, abs=1e-9)
-
-
-def test_select_prefers_overlap_when_it_pays():
-    tasks = ["a", "b", "c"]
-    cands = [
-        Candidate(("a",), {"a": 0.0}), Candidate(("b",), {"b": 0.0}), Candidate(("c",), {"c": 0.0}),
-        Candidate(("a", "b"), {"a": 1.0, "b": 0.1}),
-        Candidate(("b", "c"), {"b": 1.0, "c": 1.0}),
-        Candidate(("a", "b", "c"), {"a": 0.5, "b": 0.5, "c": 0.5}),
-    ]
-    grouping, value = select_exact(cands, tasks, 2)
-    assert grouping.groups == (("a", "b"), ("b", "c")) and value == pytest.approx(3.0)
-    grouping, value = select_exact(cands, tasks, 1)
-    assert grouping.groups == (("a", "b", "c"),) and value == pytest.approx(1.5)
-
-
-def test_select_checks():
-    tasks = ["a", "b"]
-    cands = [Candidate(("a",), {"a": 1.0}), Candidate(("b",), {"b": 1.0})]
-    for select in (select_exact, select_exhaustive):
-        with pytest.raises(UsageError, match="at least 1"):
-            select(cands, tasks, 0)
-        with pytest.raises(UsageError, match=r"no candidate group contains tasks \['c'\]"):
-            select(cands, ["a", "b", "c"], 2)
-        with pytest.raises(UsageError, match=r"unknown tasks \['z'\]"):
-            select(cands + [Candidate(("a", "z"), {"a": 1.0, "z": 1.0})], tasks, 2)
-    # covering needs two groups, only one allowed
-    with pytest.raises(UsageError, match="no selection of at most 1"):
-        select_exact(cands, tasks, 1)
-    with pytest.raises(UsageError, match="no selection of at most 1"):
-        select_exhaustive(cands, tasks, 1)
-
-
-def test_select_exact_size_limit():
-    tasks = [f"t{i}" for i in range(MAX_DP_TASKS + 1)]
-    cands = [Candidate((t,), {t: 0.0}) for t in tasks]
-    with pytest.raises(Unsupported):
-        select_exact(cands, tasks, 2)
-
 
 # ------------------------------------------------------------------------------------------------- evaluate
 
@@ -245,15 +132,15 @@ def test_taskonomy_optimal_golden(shared_data_root):
         4: (0.91742, [("d", "n"), ("k", "n"), ("n", "s"), ("d", "e", "n")]),
     }
     published = {2: 0.694, 3: 0.888, 4: 0.833}
-    candidates = [
-        Candidate(g, {t: problem.task(t).utility(r.test[t]) for t in g}) for g, r in results.items()
-    ]
+    candidates = tuple(make_candidates(results, problem.tasks, "test"))
+    exhaustive = registry.create("solver", "exhaustive")
     for k, (total, groups) in expected.items():
         grouping = optimal.solve(results, k, ctx)
         assert grouping.groups == tuple(groups), k
         ev = evaluate(grouping, results, problem.tasks, serve_by=optimal.serve_by)
         assert ev.total == pytest.approx(total, abs=1e-9), k
-        assert select_exhaustive(candidates, problem.task_names, k)[1] == pytest.approx(total, abs=1e-9)
+        reference = exhaustive.solve(SelectProblem(problem.task_names, candidates, k))
+        assert reference.objective == pytest.approx(total, abs=1e-9) and reference.status == "optimal"
         if k in (2, 3):
             assert round(ev.total, 3) == published[k]
         if k in published:
