@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench run | list | table | compare``.
+"""Command line: ``python -m bench run | list | table | compare | group``.
 
 Usage errors (unknown names, malformed lists, missing files) print one line saying what was wrong and what is
 allowed, and exit with status 2. A run whose records include failures exits with status 1 after finishing every
@@ -65,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    lst = sub.add_parser("list", help="list registered datasets, methods, baselines or suites")
-    lst.add_argument("what", nargs="?", default="all", help="datasets | methods | baselines | suites | all")
+    lst = sub.add_parser("list", help="list registered datasets, methods, baselines, solvers or suites")
+    lst.add_argument("what", nargs="?", default="all", help="datasets | methods | baselines | solvers | suites | all")
 
     table = sub.add_parser("table", help="write CSV and markdown tables from OUT/records.jsonl")
     table.add_argument("out", help="output folder of a run")
@@ -74,6 +74,25 @@ def build_parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", help="put the reproduced tables beside the published ones")
     compare.add_argument("out", help="output folder of a run")
     compare.add_argument("--reference", help="folder of published tables (default results/reference)")
+
+    group = sub.add_parser("group", help="group tasks from an affinity matrix or per-group scores you already have")
+    src = group.add_mutually_exclusive_group(required=True)
+    src.add_argument("--affinity", metavar="S.csv", help="square matrix, task names as header; S[i,j] = effect "
+                                                          "of task j on task i (larger is better)")
+    src.add_argument("--group-scores", metavar="G.csv", help="one row per candidate group: 'group' (names joined "
+                                                              "by +), one score column per task, optional 'cost'")
+    group.add_argument("--splits", required=True, metavar="K", help="number of groups")
+    group.add_argument("--semantics", default="select", help="select (network selection, overlap allowed; "
+                                                             "default) | partition | miqp | miqp-partition")
+    group.add_argument("--solver", default="dp", help="solver id (python -m bench list solvers); default dp")
+    group.add_argument("--budget-matrix", metavar="B.csv", help="MIQP budget matrix, tasks x groups")
+    group.add_argument("--capacity", metavar="b.csv", help="MIQP capacity per group")
+    group.add_argument("--budget", type=float, help="network selection: largest total cost (G.csv 'cost')")
+    group.add_argument("--min-size", default="1", metavar="m", help="smallest group size (default 1)")
+    group.add_argument("--max-size", metavar="M", help="largest group size (default: no limit)")
+    group.add_argument("--minimize", action="store_true", help="the scores are losses: smaller is better")
+    group.add_argument("--seed", default="0", help="seed for randomised solvers (default 0)")
+    group.add_argument("--format", default="table", help="table (default) | json")
     return parser
 
 
@@ -131,9 +150,9 @@ def _cmd_run(args) -> int:
 def _cmd_list(args) -> int:
     from bench.suites import SUITES
 
-    kinds = {"datasets": "dataset", "methods": "method", "baselines": "baseline"}
+    kinds = {"datasets": "dataset", "methods": "method", "baselines": "baseline", "solvers": "solver"}
     if args.what not in (*kinds, "suites", "all"):
-        raise UsageError(f"cannot list {args.what!r}; allowed: datasets, methods, baselines, suites, all")
+        raise UsageError(f"cannot list {args.what!r}; allowed: datasets, methods, baselines, solvers, suites, all")
     sections = list(kinds) + ["suites"] if args.what == "all" else [args.what]
     for section in sections:
         if args.what == "all":
@@ -144,6 +163,10 @@ def _cmd_list(args) -> int:
             continue
         for name, cls in sorted(registry.components(kinds[section]).items()):
             doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
+            if section == "solvers":
+                kind = "exact" if cls.exact else "heuristic"
+                print(f"  {name:<17} {'/'.join(cls.problems):<24} {kind:<9} {doc[0] if doc else ''}")
+                continue
             print(f"  {name:<14} {doc[0] if doc else ''}")
     return 0
 
@@ -168,12 +191,54 @@ def _cmd_compare(args) -> int:
     return 0
 
 
+def _int(text: str | None, what: str) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"--{what} takes an integer, got {text!r}") from None
+
+
+def _cmd_group(args) -> int:
+    import json
+
+    from tabulate import tabulate
+
+    from bench.group import build_problem
+
+    if args.format not in ("table", "json"):
+        raise UsageError(f"--format must be table or json, got {args.format!r}")
+    solver = registry.create("solver", args.solver)
+    problem = build_problem(
+        splits=_int(args.splits, "splits"), semantics=args.semantics, affinity=args.affinity,
+        group_scores=args.group_scores, budget_matrix=args.budget_matrix, capacity=args.capacity,
+        budget=args.budget, min_size=_int(args.min_size, "min-size"), max_size=_int(args.max_size, "max-size"),
+        minimize=args.minimize)
+    solution = solver.solve(problem, seed=_int(args.seed, "seed"))
+    sign = -1.0 if args.minimize else 1.0
+    out = solution.to_json()
+    out["objective"] = sign * solution.objective
+    out["sense"] = "min" if args.minimize else "max"
+    out["tasks"] = list(problem.tasks)
+    if args.format == "json":
+        print(json.dumps(out, indent=2))
+        return 0
+    rows = [[j + 1, "+".join(g)] for j, g in enumerate(solution.groups)]
+    print(tabulate(rows, headers=["group", "tasks"], tablefmt="github"))
+    print(f"\nobjective {out['objective']:.6g} ({out['sense']}), status {solution.status}, solver {solution.solver}, "
+          f"{solution.problem} problem, solved in {solution.solve_time_s:.4f} s")
+    for note in solution.notes:
+        print(f"note: {note}")
+    return 0
+
+
 def _need_dir(path: str) -> None:
     if not Path(path).is_dir():
         raise UsageError(f"{path} is not a directory (give the --out folder of a run)")
 
 
-COMMANDS = {"run": _cmd_run, "list": _cmd_list, "table": _cmd_table, "compare": _cmd_compare}
+COMMANDS = {"run": _cmd_run, "list": _cmd_list, "table": _cmd_table, "compare": _cmd_compare, "group": _cmd_group}
 
 
 def main(argv: list[str] | None = None) -> int:
