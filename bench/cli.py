@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench run | list | table | compare | group``.
+"""Command line: ``python -m bench run | list | table | compare | group | perf``.
 
 Usage errors (unknown names, malformed lists, missing files) print one line saying what was wrong and what is
 allowed, and exit with status 2. A run whose records include failures exits with status 1 after finishing every
@@ -93,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--minimize", action="store_true", help="the scores are losses: smaller is better")
     group.add_argument("--seed", default="0", help="seed for randomised solvers (default 0)")
     group.add_argument("--format", default="table", help="table (default) | json")
+
+    perf = sub.add_parser("perf", help="measure the solvers: Table 6 layout, scaling to 16 tasks, heuristic gaps")
+    perf.add_argument("what", choices=["solvers"], help="what to measure")
+    perf.add_argument("--out", default="out/perf", help="output folder (default out/perf)")
+    perf.add_argument("--time-limit", type=float, default=60.0, help="seconds per solve before × (default 60)")
+    perf.add_argument("--repeats", type=int, default=3, help="timed runs per scaling cell (default 3)")
+    perf.add_argument("--quick", action="store_true", help="a few small instances only (a smoke check)")
     return parser
 
 
@@ -233,12 +240,24 @@ def _cmd_group(args) -> int:
     return 0
 
 
+def _cmd_perf(args) -> int:
+    from bench.perf import run_solver_report
+
+    if args.time_limit <= 0 or args.repeats < 1:
+        raise UsageError("--time-limit must be positive and --repeats at least 1")
+    for path in run_solver_report(args.out, args.time_limit, args.repeats, args.quick,
+                                  progress=lambda line: print(line, file=sys.stderr)):
+        print(path)
+    return 0
+
+
 def _need_dir(path: str) -> None:
     if not Path(path).is_dir():
         raise UsageError(f"{path} is not a directory (give the --out folder of a run)")
 
 
-COMMANDS = {"run": _cmd_run, "list": _cmd_list, "table": _cmd_table, "compare": _cmd_compare, "group": _cmd_group}
+COMMANDS = {"run": _cmd_run, "list": _cmd_list, "table": _cmd_table, "compare": _cmd_compare, "group": _cmd_group,
+            "perf": _cmd_perf}
 
 
 def main(argv: list[str] | None = None) -> int:
