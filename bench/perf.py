@@ -150,7 +150,7 @@ def target_met(rows: list[dict]) -> dict[str, float]:
 HEURISTICS = ("sdp", "gat_gmm", "hierarchical", "kmeans", "random", "local_search", "random_search")
 
 
-def gaps(ns=(6, 9, 12), ks=(2, 3, 4), seeds=(0, 1, 2), progress=None) -> list[dict]:
+def gaps(ns=(6, 9, 12), ks=(2, 3, 4), seeds=(0, 1, 2), heuristics=HEURISTICS, progress=None) -> list[dict]:
     dp = registry.create("solver", "dp")
     stats: dict[tuple[str, int], list[tuple[float, float]]] = {}
     for n, k, seed in itertools.product(ns, ks, seeds):
@@ -160,9 +160,9 @@ def gaps(ns=(6, 9, 12), ks=(2, 3, 4), seeds=(0, 1, 2), progress=None) -> list[di
         sel = select_problem(S, k)
         opt = {"partition": dp.solve(part).objective, "select": dp.solve(sel).objective}
         calls = None
-        for name in (*HEURISTICS, "beam"):
+        for name in (*heuristics, "beam"):
             problem = sel if name == "beam" else part
-            solver_id = name if name != "random_search" else f"random_search[oracle_calls={calls}]"
+            solver_id = name if name != "random_search" or calls is None else f"random_search[oracle_calls={calls}]"
             sol = registry.create("solver", solver_id).solve(problem, seed)
             if name == "local_search":
                 calls = int(sol.info["oracle_calls"])
