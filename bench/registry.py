@@ -167,6 +167,8 @@ def _load(kind: str) -> dict[str, type]:
                         and obj.name == info.name:
                     found[info.name] = obj
     for stem, path in plugin_files(folder).items():
+        if stem in found:
+            raise UsageError(f"{kind} plugin {path} reuses the built-in name '{stem}'; rename the file")
         modname = f"{PLUGIN_NAMESPACE}.{folder}.{stem}"
         try:
             module = importlib.import_module(modname)
@@ -186,8 +188,6 @@ def _load(kind: str) -> dict[str, type]:
         expected = "baseline" if kind == "baseline" else kind
         if getattr(cls, "kind", None) != expected:
             cls.kind = expected  # the folder decides whether a method is listed as a method or a baseline
-        if stem in found:
-            raise UsageError(f"{kind} plugin {path} reuses the built-in name '{stem}'; rename the file")
         found[stem] = cls
     return found
 

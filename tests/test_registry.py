@@ -19,8 +19,43 @@ REPO = registry.PROJECT_ROOT
 
 def test_discovers_every_plugin_file():
     for kind, folder in registry.FOLDERS.items():
-        stems = {p.stem for p in (REPO / folder).glob("*.py") if not p.stem.startswith("_")}
-        assert set(registry.components(kind)) == stems
+        if kind in registry.ENGINE_PACKAGES:  # built-ins are engine modules (bench/solvers/), the root has none
+            assert not (REPO / folder).exists()
+            folder = registry.ENGINE_PACKAGES[kind].replace(".", "/")
+        stems = {p.stem for p in (REPO / folder).glob("*.py") if not p.stem.startswith("_") and p.stem != "base"}
+        assert set(registry.components(kind)) == stems, kind
+
+
+def test_a_users_solver_is_one_file(tmp_path, monkeypatch):
+    (tmp_path / "solvers").mkdir()
+    (tmp_path / "solvers" / "all_together.py").write_text(textwrap.dedent('''
+        """Everything in one group."""
+        from bench.solvers.base import Raw, Solver
+
+        class AllTogether(Solver):
+            name = "all_together"
+            problems = ("partition",)
+
+            def _solve(self, problem, seed):
+                return Raw([problem.tasks], "heuristic")
+    '''))
+    (tmp_path / "solvers" / "dp.py").write_text("")
+    monkeypatch.setenv("BENCH_PLUGIN_PATH", str(tmp_path))
+    registry.reload()
+    try:
+        with pytest.raises(UsageError, match="reuses the built-in name 'dp'"):
+            registry.components("solver")
+        (tmp_path / "solvers" / "dp.py").unlink()
+        registry.reload()
+        from bench.solvers.base import PairwiseScore, PartitionProblem
+
+        problem = PartitionProblem(("a", "b"), 1, PairwiseScore([[1.0, 2.0], [3.0, 4.0]], ("a", "b")))
+        solution = registry.create("solver", "all_together").solve(problem)
+        assert solution.groups == (("a", "b"),) and solution.objective == pytest.approx(5.0)
+    finally:
+        monkeypatch.delenv("BENCH_PLUGIN_PATH")
+        registry.reload()
+    assert "all_together" not in registry.components("solver")
 
 
 def test_baselines_and_methods_are_labelled_by_folder():

@@ -49,9 +49,23 @@ def submask_pairs(n: int, anchored: bool) -> Iterator[tuple[np.ndarray, np.ndarr
         yield mask[keep], sub[keep]
 
 
+@lru_cache(maxsize=8)
+def _sorted_pairs(n: int, anchored: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For ``n <= BASE``: the pairs sorted by ``mask`` and the start of each mask's run (masks 1 .. 2^n - 1)."""
+    mask, sub = next(submask_pairs(n, anchored))
+    order = np.argsort(mask, kind="stable")
+    mask, sub = mask[order], sub[order]
+    starts = np.searchsorted(mask, np.arange(1, 1 << n))
+    return mask, sub, starts
+
+
 def layer(f: np.ndarray, g_prev: np.ndarray, n: int, anchored: bool) -> np.ndarray:
     """``g[M] = max over non-empty A ⊆ M of f[A] + g_prev[M \\ A]`` (anchored: ``A`` holds the lowest task of M)."""
     g = np.full(1 << n, -np.inf)
+    if n <= BASE:  # one cached table, a segmented max (every non-empty M has at least the pair (M, M))
+        mask, sub, starts = _sorted_pairs(n, anchored)
+        g[1:] = np.maximum.reduceat(f[sub] + g_prev[mask ^ sub], starts)
+        return g
     with np.errstate(invalid="ignore"):
         for mask, sub in submask_pairs(n, anchored):
             vals = f[sub] + g_prev[mask ^ sub]
@@ -85,6 +99,51 @@ def backtrack(layers: Sequence[np.ndarray], fs: Sequence[np.ndarray], full: int,
     if mask:
         blocks.append(mask)  # the base layer's block (unlabelled DPs start from the one-block values)
     return blocks
+
+
+@lru_cache(maxsize=8)
+def _by_subset(n: int):
+    """For ``n <= BASE``: all pairs ``(G, A)``, ``∅ ≠ A ⊆ G``, in an order where ``A`` minus its lowest task comes
+    first (``prev``), grouped by ``|A|``; and the permutation that sorts them by ``A`` with each run's start."""
+    mask, sub = _ternary_pairs(n)
+    words = np.arange(3**n, dtype=np.int64)
+    low = np.full(3**n, -1, dtype=np.int64)
+    digits = words.copy()
+    for i in range(n):  # the lowest task in A (digit 2)
+        d = digits % 3
+        digits //= 3
+        low[(low < 0) & (d == 2)] = i
+    size = np.zeros(3**n, dtype=np.int64)
+    for i in range(n):
+        size += sub >> i & 1
+    prev = words - np.where(low >= 0, 3 ** np.maximum(low, 0), 0)
+    by_size = [np.flatnonzero(size == r) for r in range(1, n + 1)]
+    nonempty = np.flatnonzero(sub > 0)
+    order = nonempty[np.argsort(sub[nonempty], kind="stable")]
+    starts = np.searchsorted(sub[order], np.arange(1, 1 << n))
+    return mask, low, prev, by_size, order, starts
+
+
+def block_maxima(U: np.ndarray, present: np.ndarray, n: int) -> np.ndarray:
+    """``f[A] = max over present G ⊇ A of sum_{t in A} U[G, t]`` for every non-empty ``A`` (``-inf`` if none)."""
+    f = np.full(1 << n, -np.inf)
+    if n <= BASE:  # pair values by adding one task at a time, then a segmented max by A
+        mask, low, prev, by_size, order, starts = _by_subset(n)
+        vals = np.zeros(3**n)
+        for idx in by_size:
+            vals[idx] = vals[prev[idx]] + U[mask[idx], low[idx]]
+        vals[~present[mask]] = -np.inf
+        f[1:] = np.maximum.reduceat(vals[order], starts)
+        return f
+    bits = ((np.arange(1 << n)[:, None] >> np.arange(n)) & 1).astype(np.float64)
+    for mask, s in submask_pairs(n, anchored=False):
+        keep = present[mask]
+        mask, s = mask[keep], s[keep]
+        vals = np.zeros(len(mask))
+        for t in range(n):
+            vals += U[mask, t] * bits[s, t]
+        np.maximum.at(f, s, vals)
+    return f
 
 
 def superset_max(f: np.ndarray, n: int) -> np.ndarray:

@@ -84,15 +84,8 @@ def _block_values(problem: SelectProblem, members: np.ndarray) -> np.ndarray:
     for cand in cands:
         m = sum(1 << index[t] for t in cand.group)
         present[m] = True
-        for t in cand.group:
-            U[m, index[t]] = cand.utility[t]
-    bits = bit_table(n)
-    for mask, s in sub.submask_pairs(n, anchored=False):
-        keep = present[mask]
-        mask, s = mask[keep], s[keep]
-        vals = np.einsum("ij,ij->i", bits[s], U[mask])
-        np.maximum.at(f, s, vals)
-    return f
+        U[m, [index[t] for t in cand.group]] = [cand.utility[t] for t in cand.group]
+    return sub.block_maxima(U, present, n)
 
 
 def _cost_classes(problem: SelectProblem) -> tuple[list[float], list[np.ndarray]]:
