@@ -8,6 +8,8 @@ other run; an interrupted run exits with 130 and keeps every finished record (ru
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -207,6 +209,21 @@ def _int(text: str | None, what: str) -> int | None:
         raise UsageError(f"--{what} takes an integer, got {text!r}") from None
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """Send what native libraries write to file descriptor 1 (HiGHS prints a debug line now and then) to stderr,
+    so that ``--format json`` output stays parseable."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _cmd_group(args) -> int:
     import json
 
@@ -222,7 +239,9 @@ def _cmd_group(args) -> int:
         group_scores=args.group_scores, budget_matrix=args.budget_matrix, capacity=args.capacity,
         budget=args.budget, min_size=_int(args.min_size, "min-size"), max_size=_int(args.max_size, "max-size"),
         minimize=args.minimize)
-    solution = solver.solve(problem, seed=_int(args.seed, "seed"))
+    seed = _int(args.seed, "seed")
+    with _stdout_to_stderr():
+        solution = solver.solve(problem, seed=seed)
     sign = -1.0 if args.minimize else 1.0
     out = solution.to_json()
     out["objective"] = sign * solution.objective
