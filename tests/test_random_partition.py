@@ -12,7 +12,7 @@ from scipy.stats import chisquare
 
 import bench  # noqa: F401  (installs the plugin finder)
 from bench.errors import Unsupported
-from bench.plugins.baselines.random import random_partition, stirling2
+from bench.solvers.random import random_partition, stirling2
 
 
 def _canonical(blocks):
