@@ -237,3 +237,12 @@ def test_readme_example_method_runs(tmp_path, monkeypatch):
 def test_paths_are_not_left_behind(tmp_path):
     run_suite([SYN], ["stl"], [2], [0], _settings(tmp_path), show_progress=False)
     assert sorted(p.name for p in Path(tmp_path / "out").iterdir()) == ["records.jsonl"]
+
+
+def test_ci_runs_the_readme_test_command():
+    """CI must run exactly the test set-up command the README gives a fresh machine."""
+    readme = (REPO / "README.md").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    block = readme.split("Run the tests:", 1)[1].split("```bash", 1)[1].split("```", 1)[0].strip()
+    command = block.split(". .venv/bin/activate && ", 1)[1]
+    assert command.replace("pip install ", "pip install -q ") in ci
