@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--time-limit", type=float, default=60.0, help="seconds per solve before × (default 60)")
     perf.add_argument("--repeats", type=int, default=3, help="timed runs per scaling cell (default 3)")
     perf.add_argument("--quick", action="store_true", help="a few small instances only (a smoke check)")
+    perf.add_argument("--only", help="comma-separated reports: table6, scaling, gaps (default all)")
     return parser
 
 
@@ -264,8 +265,14 @@ def _cmd_perf(args) -> int:
 
     if args.time_limit <= 0 or args.repeats < 1:
         raise UsageError("--time-limit must be positive and --repeats at least 1")
+    from bench.perf import REPORTS
+
+    only = REPORTS if args.only is None else _ids(args.only, "only")
+    unknown = sorted(set(only) - set(REPORTS))
+    if unknown:
+        raise UsageError(f"unknown report(s) {unknown}; allowed: {', '.join(REPORTS)}")
     for path in run_solver_report(args.out, args.time_limit, args.repeats, args.quick,
-                                  progress=lambda line: print(line, file=sys.stderr)):
+                                  progress=lambda line: print(line, file=sys.stderr), only=only):
         print(path)
     return 0
 
