@@ -251,8 +251,9 @@ def solve_miqp_cover(problem: MIQPProblem) -> tuple[list[int], dict]:
         LinearConstraint(one_hot(g_pos, len(groups)), 0, 1),
         LinearConstraint(bit_table(n)[g_arr].T, 1, np.inf),
     ]
+    # presolve off, as in miqp_highs: HiGHS's presolve has returned a wrong "optimal" answer on a tiny MIQP model
     res = milp(cost, constraints=constraints, integrality=np.ones(N), bounds=Bounds(0, 1),
-               options={"mip_rel_gap": 0.0, "disp": False})
+               options={"mip_rel_gap": 0.0, "disp": False, "presolve": False})
     if res.status == 2:
         raise Infeasible(f"no {m} distinct labelled groups cover every task within the budgets and sizes")
     if res.status != 0 or res.x is None:

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bench import registry
 from bench.errors import UsageError
 from bench.solvers import miqp_gurobi
 from bench.solvers.base import MIQPProblem
@@ -192,3 +193,16 @@ def test_gurobi_solves_small_models_itself(capfd):
     assert sol.info["backend"] == "gurobi" and sol.notes == () and sol.status == "optimal"
     out, err = capfd.readouterr()
     assert out == err == ""  # no licence banner, no log
+
+
+def test_regression_highs_presolve_wrong_optimum():
+    """Found by the property test: with HiGHS's presolve on, the linearised model answered -0.25 as "optimal".
+
+    Task t1 may only join group 1 (its budget in group 2 is 0), so the best is {t0, t1} and {t0}: -0.125.
+    """
+    problem = MIQPProblem(("t0", "t1"), np.array([[0.0, 0.0], [0.0, -0.25]]), 2,
+                          np.array([[0.0, 0.0], [0.0, 1.0]]), np.array([0.0, 0.0]))
+    for solver in SOLVERS:
+        sol = solver.solve(problem)
+        assert sol.objective == pytest.approx(-0.125) and sol.status == "optimal", solver.id
+    assert registry.create("solver", "dp").solve(problem).objective == pytest.approx(-0.125)
