@@ -24,7 +24,6 @@ objective is reported back in the input's units.
 from __future__ import annotations
 
 import csv
-import itertools
 import math
 from pathlib import Path
 
@@ -216,10 +215,7 @@ def build_problem(*, splits: int, semantics: str, affinity: str | None = None, g
         if n > MAX_SELECT_TASKS:
             raise UsageError(f"network selection from an affinity matrix makes every one of the 2^n groups a "
                              f"candidate; at most {MAX_SELECT_TASKS} tasks, got {n} (use --semantics partition)")
-        score = PairwiseScore(S, tasks)
-        hi = n if max_size is None else max_size
-        cands = tuple(Candidate(g, {t: score.member_value(g, t) for t in g})
-                      for r in range(min_size, hi + 1) for g in itertools.combinations(tasks, r))
+        cands = PairwiseScore(S, tasks).candidates(min_size, max_size)
     else:
         cands = tuple(Candidate(g, {t: sign * v for t, v in s.items()}, c) for g, s, c in entries)
     return SelectProblem(tasks, cands, splits, budget, min_size, max_size)

@@ -35,7 +35,7 @@ import numpy as np
 
 from bench import registry
 from bench.errors import BenchError
-from bench.solvers.base import Candidate, MIQPProblem, PairwiseScore, PartitionProblem, SelectProblem
+from bench.solvers.base import MIQPProblem, PairwiseScore, PartitionProblem, SelectProblem
 
 TARGET_S = 0.100
 
@@ -54,9 +54,7 @@ def tasks_of(n: int) -> tuple[str, ...]:
 def select_problem(S: np.ndarray, k: int) -> SelectProblem:
     """Network selection over every group, members scored as in TAG's network selection."""
     tasks = tasks_of(len(S))
-    score = PairwiseScore(S, tasks)
-    groups = [g for r in range(1, len(tasks) + 1) for g in itertools.combinations(tasks, r)]
-    return SelectProblem(tasks, tuple(Candidate(g, {t: score.member_value(g, t) for t in g}) for g in groups), k)
+    return SelectProblem(tasks, PairwiseScore(S, tasks).candidates(), k)
 
 
 def _timed(solver_id: str, problem, seed: int = 0):
@@ -183,7 +181,7 @@ def gaps(ns=(6, 9, 12), ks=(2, 3, 4), seeds=(0, 1, 2), heuristics=HEURISTICS, pr
 
 
 def _write(rows: list[dict], out: Path, stem: str, title: str, note: str) -> list[Path]:
-    from tabulate import tabulate
+    from bench.tables import markdown_table
 
     out.mkdir(parents=True, exist_ok=True)
     keys = list(dict.fromkeys(k for r in rows for k in r))
@@ -196,9 +194,9 @@ def _write(rows: list[dict], out: Path, stem: str, title: str, note: str) -> lis
                                                                                 and k.endswith(" s"))]
 
     def cell(v):
-        return f"{v:.4g}" if isinstance(v, float) else v
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
 
-    md = tabulate([[cell(r.get(k, "")) for k in shown] for r in rows], headers=shown, tablefmt="github")
+    md = markdown_table(shown, [[cell(r.get(k, "")) for k in shown] for r in rows])
     md_path = out / f"{stem}.md"
     md_path.write_text(f"# {title}\n\n{note}\n\n{md}\n")
     return [csv_path, md_path]

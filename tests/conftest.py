@@ -49,3 +49,18 @@ def tiny_problem():
 def tiny_shared_problem():
     """As ``tiny_problem`` but every task reads the same input tensor (``shared_inputs=true``)."""
     return registry.create("dataset", "synthetic[clusters=[2,2],shared_inputs=true]").load("smoke")
+
+
+# transfer-gain-mip Appendix D, the worked example of Formulation 8: S (eq. 11), each task's memory (Table 7,
+# the rows of B in eq. 10) and the three nodes' capacities b.
+APPENDIX_D_TASKS = ("T1", "T2", "T3", "T4", "T5", "T6")
+APPENDIX_D_S = [
+    [0.5, 0.3, 0.1, 0.2, 0.1, 0.2],
+    [0.3, 0.6, 0.2, 0.1, 0.0, 0.3],
+    [0.1, 0.2, 0.7, 0.4, 0.5, 0.1],
+    [0.2, 0.1, 0.4, 0.5, 0.3, 0.2],
+    [0.1, 0.0, 0.5, 0.3, 0.8, 0.1],
+    [0.2, 0.3, 0.1, 0.2, 0.1, 0.4],
+]
+APPENDIX_D_MEMORY = [4, 3, 5, 2, 6, 3]
+APPENDIX_D_CAPACITY = [10, 10, 8]

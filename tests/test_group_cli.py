@@ -6,20 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import APPENDIX_D_CAPACITY, APPENDIX_D_MEMORY, APPENDIX_D_S, APPENDIX_D_TASKS
 
 from bench.cli import main
 
 # transfer-gain-mip Appendix D, eq. (10) and (11)
-S_ROWS = [
-    [0.5, 0.3, 0.1, 0.2, 0.1, 0.2],
-    [0.3, 0.6, 0.2, 0.1, 0.0, 0.3],
-    [0.1, 0.2, 0.7, 0.4, 0.5, 0.1],
-    [0.2, 0.1, 0.4, 0.5, 0.3, 0.2],
-    [0.1, 0.0, 0.5, 0.3, 0.8, 0.1],
-    [0.2, 0.3, 0.1, 0.2, 0.1, 0.4],
-]
-TASKS = ["T1", "T2", "T3", "T4", "T5", "T6"]
-MEMORY = [4, 3, 5, 2, 6, 3]
+S_ROWS = APPENDIX_D_S
+TASKS = list(APPENDIX_D_TASKS)
+MEMORY = APPENDIX_D_MEMORY
 
 
 def _write(path, lines):
@@ -31,7 +25,7 @@ def _write(path, lines):
 def files(tmp_path):
     S = _write(tmp_path / "S.csv", [",".join(TASKS)] + [",".join(map(str, r)) for r in S_ROWS])
     B = _write(tmp_path / "B.csv", ["task,G1,G2,G3"] + [f"{t},{m},{m},{m}" for t, m in zip(TASKS, MEMORY)])
-    b = _write(tmp_path / "b.csv", ["10", "10", "8"])
+    b = _write(tmp_path / "b.csv", [str(c) for c in APPENDIX_D_CAPACITY])
     G = _write(tmp_path / "G.csv", ["group,a,b,c,cost", "a,1,,,0.5", "b,,1,,0.5", "c,,,1,0.5",
                                     "a+b,2,2,,1", "a+b+c,1.5,1.5,1.5,1"])
     return {"S": S, "B": B, "b": b, "G": G, "dir": tmp_path}

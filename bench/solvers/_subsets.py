@@ -13,6 +13,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from bench.solvers.base import bit_table
+
 BASE = 13
 
 
@@ -135,7 +137,7 @@ def block_maxima(U: np.ndarray, present: np.ndarray, n: int) -> np.ndarray:
         vals[~present[mask]] = -np.inf
         f[1:] = np.maximum.reduceat(vals[order], starts)
         return f
-    bits = ((np.arange(1 << n)[:, None] >> np.arange(n)) & 1).astype(np.float64)
+    bits = bit_table(n)
     for mask, s in submask_pairs(n, anchored=False):
         keep = present[mask]
         mask, s = mask[keep], s[keep]
@@ -144,16 +146,6 @@ def block_maxima(U: np.ndarray, present: np.ndarray, n: int) -> np.ndarray:
             vals += U[mask, t] * bits[s, t]
         np.maximum.at(f, s, vals)
     return f
-
-
-def superset_max(f: np.ndarray, n: int) -> np.ndarray:
-    """``out[A] = max over B ⊇ A of f[B]`` (sum-over-supersets transform with max, ``O(n 2^n)``)."""
-    out = f.copy()
-    masks = np.arange(1 << n)
-    for i in range(n):
-        lacking = masks[(masks >> i & 1) == 0]
-        out[lacking] = np.maximum(out[lacking], out[lacking | (1 << i)])
-    return out
 
 
 def superset_top(values: np.ndarray, n: int, m: int) -> np.ndarray:

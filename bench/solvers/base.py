@@ -28,6 +28,7 @@ proved, e.g. a time limit) or ``heuristic`` (a method without a proof).
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from abc import ABC, abstractmethod
@@ -132,6 +133,12 @@ class PairwiseScore(GroupScore):
 
     def value(self, group: Group) -> float:
         return float(sum(self.member_value(group, t) for t in group))
+
+    def candidates(self, min_size: int = 1, max_size: int | None = None) -> tuple[Candidate, ...]:
+        """Every group within the size bounds as a network-selection candidate, members scored as above."""
+        hi = len(self.tasks) if max_size is None else max_size
+        return tuple(Candidate(g, {t: self.member_value(g, t) for t in g})
+                     for r in range(min_size, hi + 1) for g in itertools.combinations(self.tasks, r))
 
     def values(self) -> np.ndarray:
         n = len(self.tasks)

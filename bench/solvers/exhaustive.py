@@ -17,6 +17,7 @@ import math
 from collections.abc import Iterator
 
 from bench.errors import BenchError
+from bench.solvers.random import stirling2
 from bench.solvers.base import (
     Infeasible,
     MIQPProblem,
@@ -48,13 +49,6 @@ def set_partitions(n: int, k: int) -> Iterator[list[int]]:
 
     if 1 <= k <= n:
         yield from rec(0, 0)
-
-
-def _stirling_total(n: int, k: int) -> int:
-    row = [1] + [0] * k
-    for i in range(1, n + 1):
-        row = [0] + [row[j - 1] + j * row[j] for j in range(1, k + 1)]
-    return row[k]
 
 
 class Exhaustive(Solver):
@@ -94,7 +88,7 @@ class Exhaustive(Solver):
         return Raw([c.group for c in best], "optimal")
 
     def _partition(self, p: PartitionProblem) -> Raw:
-        self._refuse(_stirling_total(p.n, p.k), "partitions")
+        self._refuse(stirling2(p.n, p.k), "partitions")
         best, best_v = None, -math.inf
         for blocks in set_partitions(p.n, p.k):
             groups = [group_of(b, p.tasks) for b in blocks]
@@ -109,7 +103,7 @@ class Exhaustive(Solver):
 
     def _miqp(self, p: MIQPProblem) -> Raw:
         if p.partition:
-            self._refuse(_stirling_total(p.n, p.m), "partitions")
+            self._refuse(stirling2(p.n, p.m), "partitions")
             sets = (tuple(group_of(b, p.tasks) for b in blocks) for blocks in set_partitions(p.n, p.m))
         else:
             feasible = [g for g in (group_of(mask, p.tasks) for mask in range(1, 1 << p.n))

@@ -165,7 +165,7 @@ def test_value_never_decreases_with_k():
     rng = np.random.default_rng(3)
     tasks = tuple(f"t{i}" for i in range(7))
     score = PairwiseScore(rng.normal(size=(7, 7)), tasks)
-    cands = tuple(Candidate(g, {t: score.member_value(g, t) for t in g}) for g in _all_groups(tasks))
+    cands = score.candidates()
     values = [registry.create("solver", "dp").solve(SelectProblem(tasks, cands, k)).objective for k in range(1, 8)]
     assert all(b >= a - 1e-12 for a, b in zip(values, values[1:]))
     best = sum(max(c.utility[t] for c in cands if t in c.group) for t in tasks)
@@ -186,7 +186,7 @@ def test_branch_and_bound_time_limit_reports_feasible():
     rng = np.random.default_rng(0)
     tasks = tuple(f"t{i}" for i in range(9))
     score = PairwiseScore(rng.normal(size=(9, 9)), tasks)
-    cands = tuple(Candidate(g, {t: score.member_value(g, t) for t in g}) for g in _all_groups(tasks))
+    cands = score.candidates()
     sol = registry.create("solver", "branch_and_bound[time_limit=0.2]").solve(SelectProblem(tasks, cands, 4))
     assert sol.status == "feasible"
     exact = registry.create("solver", "dp").solve(SelectProblem(tasks, cands, 4))

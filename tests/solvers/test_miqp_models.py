@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import APPENDIX_D_CAPACITY, APPENDIX_D_MEMORY, APPENDIX_D_S, APPENDIX_D_TASKS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,17 +26,10 @@ from bench.solvers.miqp_highs import MiqpHighs, gurobi_size, highs_size
 SOLVERS = [MiqpHighs(), MiqpGurobi()]
 TOL = 1e-5  # HiGHS stops within an absolute gap of 1e-6 of the model objective
 
-PAPER_S = np.array([
-    [0.5, 0.3, 0.1, 0.2, 0.1, 0.2],
-    [0.3, 0.6, 0.2, 0.1, 0.0, 0.3],
-    [0.1, 0.2, 0.7, 0.4, 0.5, 0.1],
-    [0.2, 0.1, 0.4, 0.5, 0.3, 0.2],
-    [0.1, 0.0, 0.5, 0.3, 0.8, 0.1],
-    [0.2, 0.3, 0.1, 0.2, 0.1, 0.4],
-])  # eq. 11
-PAPER_B = np.repeat(np.array([4.0, 3.0, 5.0, 2.0, 6.0, 3.0])[:, None], 3, axis=1)  # eq. 10
-PAPER_b = np.array([10.0, 10.0, 8.0])
-PAPER_TASKS = tuple(f"T{i}" for i in range(1, 7))
+PAPER_S = np.array(APPENDIX_D_S)  # eq. 11
+PAPER_B = np.repeat(np.array(APPENDIX_D_MEMORY, dtype=float)[:, None], 3, axis=1)  # eq. 10
+PAPER_b = np.array(APPENDIX_D_CAPACITY, dtype=float)
+PAPER_TASKS = APPENDIX_D_TASKS
 PAPER_X_STAR = [("T1", "T2", "T4"), ("T3", "T6"), ("T5",)]  # eq. 12
 
 

@@ -9,7 +9,6 @@ more than the optimum.
 
 from __future__ import annotations
 
-import itertools
 import pickle
 import sys
 
@@ -19,7 +18,6 @@ import pytest
 from bench import registry
 from bench.solvers.base import (
     STATUSES,
-    Candidate,
     MIQPProblem,
     PairwiseScore,
     PartitionProblem,
@@ -39,8 +37,7 @@ def _instances():
     tasks = tuple(f"t{i}" for i in range(6))
     S = rng.normal(size=(6, 6)) + 1.5 * np.kron(np.eye(3), np.ones((2, 2)))
     score = PairwiseScore(S, tasks)
-    groups = [g for r in range(1, 7) for g in itertools.combinations(tasks, r)]
-    cands = tuple(Candidate(g, {t: score.member_value(g, t) for t in g}) for g in groups)
+    cands = score.candidates()
     return {
         "select": SelectProblem(tasks, cands, 3),
         "partition": PartitionProblem(tasks, 3, score),
