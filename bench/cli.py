@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench run | list | table | compare | group | perf``.
+"""Command line: ``python -m bench run | list | table | compare | group | affinity | perf``.
 
 Usage errors (unknown names, malformed lists, missing files) print one line saying what was wrong and what is
 allowed, and exit with status 2. A run whose records include failures exits with status 1 after finishing every
@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import os
 import sys
+import time
 from pathlib import Path
 
 from bench import registry
@@ -67,8 +68,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    lst = sub.add_parser("list", help="list registered datasets, methods, baselines, solvers or suites")
-    lst.add_argument("what", nargs="?", default="all", help="datasets | methods | baselines | solvers | suites | all")
+    lst = sub.add_parser("list", help="list registered datasets, methods, baselines, solvers, signals, predictors "
+                                      "or suites")
+    lst.add_argument("what", nargs="?", default="all",
+                     help="datasets | methods | baselines | solvers | signals | predictors | suites | all")
+
+    aff = sub.add_parser("affinity", help="compute a task x task affinity matrix (CSV for bench group --affinity)")
+    aff.add_argument("--dataset", required=True, help="dataset id, e.g. synthetic[clusters=[3,3]]")
+    aff.add_argument("--signal", required=True, help="signal id (python -m bench list signals), e.g. tag[every=10]")
+    aff.add_argument("--profile", default="mini", choices=PROFILES, help="smoke | mini | paper (default mini)")
+    aff.add_argument("--seed", default="0", help="seed (default 0)")
+    aff.add_argument("--data-root", help=f"folder with the real data files (default: ${DATA_ROOT_ENV})")
+    aff.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
+    aff.add_argument("--out", required=True, metavar="FILE.csv", help="where to write the matrix (task names as "
+                                                                      "header; row i, column j: effect of j on i)")
 
     table = sub.add_parser("table", help="write CSV and markdown tables from OUT/records.jsonl")
     table.add_argument("out", help="output folder of a run")
@@ -160,9 +173,10 @@ def _cmd_run(args) -> int:
 def _cmd_list(args) -> int:
     from bench.suites import SUITES
 
-    kinds = {"datasets": "dataset", "methods": "method", "baselines": "baseline", "solvers": "solver"}
+    kinds = {"datasets": "dataset", "methods": "method", "baselines": "baseline", "solvers": "solver",
+             "signals": "signal", "predictors": "predictor"}
     if args.what not in (*kinds, "suites", "all"):
-        raise UsageError(f"cannot list {args.what!r}; allowed: datasets, methods, baselines, solvers, suites, all")
+        raise UsageError(f"cannot list {args.what!r}; allowed: {', '.join(kinds)}, suites, all")
     sections = list(kinds) + ["suites"] if args.what == "all" else [args.what]
     for section in sections:
         if args.what == "all":
@@ -176,6 +190,10 @@ def _cmd_list(args) -> int:
             if section == "solvers":
                 kind = "exact" if cls.exact else "heuristic"
                 print(f"  {name:<17} {'/'.join(cls.problems):<24} {kind:<9} {doc[0] if doc else ''}")
+                continue
+            if section == "signals":
+                when = "training" if cls.during_training else "static"
+                print(f"  {name:<16} {when:<9} {doc[0] if doc else ''}")
                 continue
             print(f"  {name:<14} {doc[0] if doc else ''}")
     return 0
@@ -277,13 +295,37 @@ def _cmd_perf(args) -> int:
     return 0
 
 
+def _cmd_affinity(args) -> int:
+    from bench.trainer import resolve_device
+
+    signal = registry.create("signal", args.signal)
+    dataset = registry.create("dataset", args.dataset)
+    seed = _int(args.seed, "seed")
+    resolve_device(args.device)
+    if not args.out.endswith(".csv"):
+        raise UsageError(f"--out must name a .csv file, got {args.out!r}")
+    problem = dataset.load(args.profile, args.data_root)
+    if problem.notice:
+        print(f"note: {problem.notice}", file=sys.stderr)
+    print(f"{signal.id} on {dataset.id} ({problem.n_tasks} tasks, profile {args.profile}, data={problem.data}, "
+          f"seed {seed})", file=sys.stderr)
+    start = time.perf_counter()
+    affinity = signal.compute(problem, seed, device=args.device)
+    elapsed = time.perf_counter() - start
+    affinity.to_csv(args.out)
+    facts = ", ".join(f"{k}={v}" for k, v in affinity.info.items() if isinstance(v, (int, float, str)))
+    print(f"wrote {args.out} in {elapsed:.2f} s" + (f" ({facts})" if facts else ""), file=sys.stderr)
+    print(args.out)
+    return 0
+
+
 def _need_dir(path: str) -> None:
     if not Path(path).is_dir():
         raise UsageError(f"{path} is not a directory (give the --out folder of a run)")
 
 
 COMMANDS = {"run": _cmd_run, "list": _cmd_list, "table": _cmd_table, "compare": _cmd_compare, "group": _cmd_group,
-            "perf": _cmd_perf}
+            "perf": _cmd_perf, "affinity": _cmd_affinity}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,6 +78,9 @@ class Method(Component, ABC):
         """Which split decides the group serving each task at evaluation (``val`` unless an oracle)."""
         return "val"
 
+    def check(self) -> None:
+        """Raise :class:`~bench.errors.UsageError` on a bad configuration (called before any work starts)."""
+
     def collect(self, ctx: Context) -> Any:
         return None
 

@@ -1,7 +1,9 @@
-"""Discovery of plugins: one file = one dataset, method, baseline or solver.
+"""Discovery of plugins: one file = one dataset, method, baseline, solver, signal or predictor.
 
-Built-in solvers are engine modules (``bench/solvers/<name>.py``). Plugin folders (``datasets/``, ``methods/``,
-``baselines/``, and ``solvers/`` for a user's own solvers) sit beside the ``bench`` package, and further roots
+Built-in solvers, signals and predictors (the building blocks methods are composed of) are engine modules
+(``bench/solvers/<name>.py``, ``bench/signals/<name>.py``, ``bench/predictors/<name>.py``). Plugin folders
+(``datasets/``, ``methods/``, ``baselines/``, and ``solvers/``, ``signals/``, ``predictors/`` for a user's own
+building blocks) sit beside the ``bench`` package, and further roots
 holding such folders can be named in the environment variable ``BENCH_PLUGIN_PATH`` (``os.pathsep``-separated).
 Each ``<folder>/<stem>.py`` is loaded **by file path** as the module ``bench.plugins.<folder>.<stem>`` through a
 meta-path finder. Consequences, on purpose:
@@ -32,9 +34,11 @@ from bench.errors import UsageError, unknown_name
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PLUGIN_NAMESPACE = "bench.plugins"
-FOLDERS = {"dataset": "datasets", "method": "methods", "baseline": "baselines", "solver": "solvers"}
-ENGINE_PACKAGES = {"solver": "bench.solvers"}
-"""Kinds whose built-in components are engine modules (``bench/solvers/<name>.py``); plugin roots may add more."""
+FOLDERS = {"dataset": "datasets", "method": "methods", "baseline": "baselines", "solver": "solvers",
+           "signal": "signals", "predictor": "predictors"}
+ENGINE_PACKAGES = {"solver": "bench.solvers", "signal": "bench.signals", "predictor": "bench.predictors"}
+"""Kinds whose built-in components are engine modules (``bench/<kind>s/<name>.py``: the building blocks methods
+are composed of); plugin roots may add more in a folder of the same name."""
 KINDS = tuple(FOLDERS)
 
 
@@ -140,6 +144,14 @@ def _base_class(kind: str) -> type:
         from bench.solvers.base import Solver
 
         return Solver
+    if kind == "signal":
+        from bench.signals.base import Signal
+
+        return Signal
+    if kind == "predictor":
+        from bench.predictors.base import Predictor
+
+        return Predictor
     if kind == "dataset":
         from bench.dataset import Dataset
 
@@ -193,7 +205,7 @@ def _load(kind: str) -> dict[str, type]:
 
 
 def components(kind: str) -> dict[str, type]:
-    """``name -> class`` for every registered component of ``kind`` (dataset, method, baseline, solver)."""
+    """``name -> class`` for every registered component of ``kind`` (see :data:`FOLDERS`)."""
     if kind not in FOLDERS:
         raise unknown_name("component kind", kind, FOLDERS)
     return dict(_load(kind))

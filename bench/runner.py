@@ -24,7 +24,7 @@ import json
 import os
 import time
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -208,6 +208,7 @@ def run_cell(cell: Cell, settings: Settings, done: frozenset[str] = frozenset())
         for k in todo:
             finish(k, **_error_fields(exc))
         return records
+    signal_info = _json_facts(getattr(signal, "info", None))
     for k in todo:
         if k is not None and k > problem.n_tasks:
             finish(k, status="skipped", reason=f"n_groups={k} exceeds the {problem.n_tasks} tasks")
@@ -246,10 +247,18 @@ def run_cell(cell: Cell, settings: Settings, done: frozenset[str] = frozenset())
             t_train_s=eval_trainings.cost,
             n_trainings=len(consumed),
             n_trainings_solve=len(ctx.ledger) - ledger_start,
+            signal_info=signal_info,
             cache_hits=trainings.hits + eval_trainings.hits,
             wall_s=time.perf_counter() - wall0,
         )
     return records
+
+
+def _json_facts(info) -> dict | None:
+    """The scalar facts of a signal's ``info`` (steps observed, extra passes, ...) for the record."""
+    if not isinstance(info, Mapping) or not info:
+        return None
+    return {str(k): v for k, v in info.items() if isinstance(v, (int, float, str, bool)) or v is None}
 
 
 def _error_fields(exc: Exception) -> dict:
@@ -284,7 +293,7 @@ def validate(datasets: Sequence[str], methods: Sequence[str], settings: Settings
         if problem.notice:
             notices.append(problem.notice)
     for m in methods:
-        registry.create_method(m)
+        registry.create_method(m).check()
     return notices
 
 

@@ -1,0 +1,206 @@
+"""Methods as compositions: a signal, a gain predictor and a grouping solver, named by parameters.
+
+Every published method and grouping baseline is one file that subclasses :class:`Composed` and sets its
+defaults, e.g. TAG = signal ``tag`` + network selection over the affinity-scored groups (solver ``dp``), ETAP =
+signal ``etap`` + predictor ``etap`` + network selection, transfer-gain-mip = signal ``transfer_gain`` + the MIQP.
+Ablations are parameter changes, not code: ``tag[problem=miqp,solver=miqp_gurobi]`` is TAG-MP.
+
+The phases the runner times separately:
+
+``collect``
+    the signal (one MTL training observed by a callback, or a look at the data), through the context so that
+    the trainings a signal asks for (task features: STL and pairs) are cached and counted;
+``fit``
+    the predictor's ground truth (the single-task models and the predictor's training groups, each a counted
+    training), then the predictor's fit (MTG-Net asks for more groups as it goes, through an oracle);
+``solve``
+    the grouping problem for one split count, built from the predictor or directly from the affinity, and the
+    solver.
+
+Grouping problems (parameter ``problem``):
+
+``select``
+    network selection among every group up to ``max_size`` tasks: each member's utility is its predicted gain
+    (predictor) or its TAG group score ``mean_{j != i} A[i, j]`` (affinity only). Singletons: a predictor gives
+    them gain 0 (the task's own STL model); with an affinity only, ``singletons`` decides: ``forbid`` (TAG's
+    ``-1e6`` sentinel; the default), ``diagonal`` or ``zero``.
+``partition``
+    exactly k disjoint groups; the group score is :class:`~bench.solvers.base.PairwiseScore` of the affinity or
+    of the predictor's pairwise matrix (clustering solvers need a matrix), or the sum of the predictor's member
+    gains when ``score=predicted`` (exact solvers only need group values).
+``miqp`` / ``miqp-partition``
+    transfer-gain-mip Formulation 8 with ``S`` the affinity (or the predictor's pairwise matrix) and ``m = k``
+    labelled groups; overlapping groups, or the partition variant.
+
+The groups so chosen are trained and scored by the runner (each task served by its best chosen group on
+validation).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bench import registry
+from bench.errors import Unsupported, UsageError
+from bench.gains import Observation, observe
+from bench.method import Context, Method
+from bench.predictors.base import Evidence, Predictor
+from bench.signals.base import Affinity
+from bench.solvers.base import (
+    CallableScore,
+    Candidate,
+    MIQPProblem,
+    PairwiseScore,
+    PartitionProblem,
+    SelectProblem,
+)
+from bench.types import Group, Grouping, make_group
+
+PROBLEMS = ("select", "partition", "miqp", "miqp-partition")
+SINGLETONS = ("forbid", "diagonal", "zero")
+MAX_CANDIDATES = 1 << 16
+"""Network selection enumerates candidate groups; above this many, ``max_size`` must bound them."""
+
+
+@dataclass
+class Fitted:
+    """What ``fit`` hands to ``solve``: the affinity, the fitted predictor, and the observations behind it."""
+
+    affinity: Affinity | None
+    predictor: Predictor | None
+    observations: list[Observation] = field(default_factory=list)
+
+    def matrix(self) -> np.ndarray:
+        """The pairwise matrix a clustering solver or the MIQP works on."""
+        if self.predictor is not None:
+            return self.predictor.pairwise()
+        assert self.affinity is not None
+        return np.asarray(self.affinity.matrix)
+
+
+class Composed(Method):
+    """A method composed of a signal, a predictor and a solver (see the module docstring)."""
+
+    defaults: dict[str, Any] = {
+        "signal": None,
+        "predictor": None,
+        "n_train": 10,
+        "solver": "dp",
+        "problem": "select",
+        "singletons": "forbid",
+        "score": "pairwise",
+        "max_size": None,
+    }
+    test_parameters: dict[str, Any] = {}
+
+    @property
+    def semantics(self) -> str:  # type: ignore[override]
+        return "partition" if self.problem in ("partition", "miqp-partition") else "select"
+
+    def identity(self) -> dict[str, Any]:
+        """The method's parameters plus the versions of the parts they name (they change the results)."""
+        parts = {}
+        for kind, text in (("signal", self.signal), ("predictor", self.predictor), ("solver", self.solver)):
+            if text is not None:
+                parts[kind] = registry.create(kind, text).identity()
+        return {**super().identity(), "parts": parts}
+
+    # -------------------------------------------------------------------------------------------- the phases
+
+    def check(self) -> None:
+        if self.problem not in PROBLEMS:
+            raise UsageError(f"{self.id}: problem must be one of {', '.join(PROBLEMS)}, got {self.problem!r}")
+        if self.singletons not in SINGLETONS:
+            raise UsageError(f"{self.id}: singletons must be one of {', '.join(SINGLETONS)}, got {self.singletons!r}")
+        if self.score not in ("pairwise", "predicted"):
+            raise UsageError(f"{self.id}: score must be pairwise or predicted, got {self.score!r}")
+        if self.signal is None and self.predictor is None:
+            raise UsageError(f"{self.id}: a composition needs a signal, a predictor or both")
+        if self.signal is not None:
+            registry.create("signal", self.signal)
+        predictor = self.make_predictor()
+        if predictor is not None and "affinity" in predictor.requires and self.signal is None:
+            raise UsageError(f"{self.id}: predictor {predictor.id} needs a signal (e.g. signal={predictor.signal})")
+        solver = registry.create("solver", self.solver)
+        kind = "miqp" if self.problem.startswith("miqp") else self.problem
+        if kind not in solver.problems:
+            raise UsageError(f"{self.id}: solver {solver.id} solves {'/'.join(solver.problems)}, not {kind}")
+
+    def make_predictor(self) -> Predictor | None:
+        return registry.create("predictor", self.predictor) if self.predictor is not None else None
+
+    def collect(self, ctx: Context) -> Affinity | None:
+        self.check()
+        if self.signal is None:
+            return None
+        signal = registry.create("signal", self.signal)
+        return signal.compute(ctx.problem, ctx.seed, ctx.device, train=ctx.train)
+
+    def fit(self, affinity: Affinity | None, ctx: Context) -> Fitted:
+        predictor = self.make_predictor()
+        if predictor is None:
+            return Fitted(affinity, None)
+        tasks = ctx.problem.tasks
+        stl = {t: ctx.train((t,)) for t in ctx.tasks}
+
+        def oracle(group: Group) -> Observation:
+            return observe(ctx.train(group), stl, tasks)
+
+        groups = predictor.training_groups(ctx.tasks, self.n_train, ctx.rng(self.name, "training_groups"))
+        observations = [oracle(g) for g in groups]
+        evidence = Evidence(ctx.tasks, affinity, oracle)
+        predictor.fit(observations, evidence, ctx.seed)
+        return Fitted(affinity, predictor, observations)
+
+    def solve(self, model: Fitted, n_groups: int, ctx: Context) -> Grouping | Sequence[Grouping]:
+        solver = registry.create("solver", self.solver)
+        tasks = ctx.tasks
+        if self.problem == "select":
+            problem: Any = SelectProblem(tasks, tuple(self.candidates(model, tasks)), n_groups)
+        elif self.problem == "partition":
+            if self.score == "predicted":
+                if model.predictor is None:
+                    raise UsageError(f"{self.id}: score=predicted needs a predictor")
+                predictor = model.predictor
+                score: Any = CallableScore(lambda g: sum(predictor.predict(g).values()), tasks)
+            else:
+                score = PairwiseScore(model.matrix(), tasks)
+            problem = PartitionProblem(tasks, n_groups, score)
+        else:
+            problem = MIQPProblem(tasks, model.matrix(), n_groups, partition=self.problem == "miqp-partition")
+        solution = solver.solve(problem, ctx.seed)
+        return Grouping.of(solution.groups, self.semantics)
+
+    # ------------------------------------------------------------------------------------------- candidates
+
+    def candidates(self, model: Fitted, tasks: Sequence[str]) -> list[Candidate]:
+        n = len(tasks)
+        hi = n if self.max_size is None else min(int(self.max_size), n)
+        lo = 2 if model.predictor is None and self.singletons == "forbid" else 1
+        count = sum(_comb(n, s) for s in range(lo, hi + 1))
+        if count > MAX_CANDIDATES:
+            raise Unsupported(f"{self.id}: network selection over {count} candidate groups of {n} tasks is too "
+                              f"many; bound them with max_size=")
+        groups = [make_group(c) for s in range(lo, hi + 1) for c in itertools.combinations(tasks, s)]
+        if model.predictor is not None:
+            return [Candidate(g, model.predictor.predict(g)) for g in groups]
+        pairwise = PairwiseScore(model.matrix(), tasks)
+        out = []
+        for g in groups:
+            if len(g) == 1:
+                value = pairwise.member_value(g, g[0]) if self.singletons == "diagonal" else 0.0
+                out.append(Candidate(g, {g[0]: value}))
+            else:
+                out.append(Candidate(g, {t: pairwise.member_value(g, t) for t in g}))
+        return out
+
+
+def _comb(n: int, k: int) -> int:
+    from math import comb
+
+    return comb(n, k)

@@ -1,0 +1,1 @@
+"""Gain predictors (see :mod:`bench.predictors.base`); one module per predictor."""

@@ -1,0 +1,1 @@
+"""Task-affinity signals (see :mod:`bench.signals.base`); one module per signal."""

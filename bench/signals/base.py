@@ -1,0 +1,213 @@
+"""Task-affinity signals: how much tasks help each other, as a task x task matrix.
+
+A signal is a building block of a method (``bench/signals/<name>.py``, kind ``signal``; a user's own goes in
+``<root>/signals/``). Two families:
+
+- **training signals** watch one MTL training of all tasks through a trainer :class:`~bench.trainer.Callback`
+  (TAG lookahead, gradient cosine similarity, transfer gain, ETAP gradient alignment); they subclass
+  :class:`TrainingSignal` and only write the callback;
+- **static signals** look at the data or the model at initialisation (SCA, data-divergence features, task
+  features); they subclass :class:`Signal` and write :meth:`Signal.compute`.
+
+Convention for every matrix (TAG's stored ``[recipient][source]``): ``matrix[i, j]`` is the effect of task ``j``
+(source) on task ``i`` (recipient); larger means more helpful. It is the convention of
+:class:`bench.solvers.base.PairwiseScore`, so an :class:`Affinity` feeds the solvers directly. Each signal's
+docstring says what its diagonal holds.
+
+Signals never time, cache, seed globally, print or write files; they count the extra forward and backward passes
+they cost in ``Affinity.info``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from abc import abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from bench.component import Component
+from bench.dataset import Problem, TrainedProblem
+from bench.errors import Unsupported, UsageError
+from bench.trainer import Callback, StepContext
+from bench.types import Group, GroupResult, make_group
+
+Trainer = Callable[[Group], GroupResult]
+
+
+@dataclass(frozen=True, eq=False)
+class Affinity:
+    """A task x task matrix (``matrix[i, j]``: effect of source ``j`` on recipient ``i``) and how it was made.
+
+    ``features`` optionally holds further named ``n x n`` matrices (same orientation) the signal computed on the
+    way (the data-divergence features of every ordered pair, pairwise statistics); ``task_features`` named
+    length-``n`` vectors of single-task features (data size, STL learning-curve fits); ``info`` holds counts such
+    as ``steps`` observed, ``extra_forward`` / ``extra_backward`` passes and ``trainings`` used.
+    """
+
+    tasks: tuple[str, ...]
+    matrix: np.ndarray
+    signal: str
+    info: Mapping[str, Any] = field(default_factory=dict)
+    features: Mapping[str, np.ndarray] = field(default_factory=dict)
+    task_features: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        tasks = tuple(self.tasks)
+        matrix = np.asarray(self.matrix, dtype=np.float64)
+        if matrix.shape != (len(tasks), len(tasks)):
+            raise ValueError(f"affinity of {len(tasks)} tasks must be {len(tasks)} x {len(tasks)}, got {matrix.shape}")
+        if not np.all(np.isfinite(matrix)):
+            raise FloatingPointError(f"signal {self.signal} produced non-finite affinities:\n{matrix}")
+        matrix.setflags(write=False)
+        object.__setattr__(self, "tasks", tasks)
+        object.__setattr__(self, "matrix", matrix)
+
+    def __getitem__(self, pair: tuple[str, str]) -> float:
+        """``affinity[recipient, source]`` by task names."""
+        i, j = (self.tasks.index(t) for t in pair)
+        return float(self.matrix[i, j])
+
+    def to_csv(self, path: str | Path) -> None:
+        """Header row of task names, then one row per recipient task (read back by :meth:`from_csv` and by
+        ``python -m bench group --affinity``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(self.tasks)
+            for row in self.matrix:
+                writer.writerow([repr(float(v)) for v in row])
+        tmp.replace(path)
+
+
+def pair_order(tasks: Sequence[str]) -> list[tuple[int, int]]:
+    """Every ordered pair ``(recipient, source)`` with ``recipient != source``, row-major."""
+    n = len(tasks)
+    return [(i, j) for i in range(n) for j in range(n) if i != j]
+
+
+class Signal(Component):
+    """Base of every signal; see the module docstring."""
+
+    kind = "signal"
+    during_training: ClassVar[bool] = False
+    """True when the signal is collected during an MTL training (and needs a problem that trains)."""
+
+    @abstractmethod
+    def compute(self, problem: Problem, seed: int, device: str = "cpu", train: Trainer | None = None) -> Affinity:
+        """The affinity matrix of ``problem``'s tasks under ``seed``.
+
+        ``train(group)`` gives the ground-truth result of training a group (a method passes its context's cached,
+        counted trainer; ``None`` trains directly with ``seed``). Signals that need trained groups (task features:
+        STL and pairs) must obtain them through it.
+        """
+
+    @staticmethod
+    def trainer(problem: Problem, seed: int, device: str, train: Trainer | None) -> Trainer:
+        if train is not None:
+            return train
+        return lambda group: problem.train(group, seed, device=device)
+
+    @staticmethod
+    def trained_problem(problem: Problem, name: str) -> TrainedProblem:
+        """``problem`` if it trains models (has data and a model factory); otherwise a recorded skip."""
+        if not isinstance(problem, TrainedProblem):
+            raise Unsupported(f"signal {name} needs a dataset that trains models; this one answers by table lookup")
+        return problem
+
+
+class SignalCallback(Callback):
+    """A training callback that accumulates one ``n x n`` matrix per observed step and averages them.
+
+    ``every``: observe one step in ``every`` (lazy collection); the first step is always observed. Subclasses
+    implement :meth:`step_matrix`; returning ``None`` skips the step (e.g. a sampled subset without pairs). Where a
+    subclass fills only some entries of a step (sampling), it returns a matrix with ``nan`` elsewhere and the
+    average is taken per entry over the steps that observed it.
+    """
+
+    def __init__(self, tasks: Sequence[str], every: int = 1) -> None:
+        if every < 1:
+            raise UsageError(f"every must be a positive number of steps, got {every}")
+        self.tasks = tuple(tasks)
+        self.every = every
+        n = len(self.tasks)
+        self.total = np.zeros((n, n))
+        self.count = np.zeros((n, n))
+        self.steps = 0
+        self.extra_forward = 0
+        self.extra_backward = 0
+
+    def observes(self, ctx: StepContext) -> bool:
+        return ctx.step % self.every == 0
+
+    def before_step(self, ctx: StepContext) -> None:
+        if not self.observes(ctx):
+            return
+        matrix = self.step_matrix(ctx)
+        if matrix is None:
+            return
+        matrix = np.asarray(matrix, dtype=np.float64)
+        seen = ~np.isnan(matrix)
+        self.total[seen] += matrix[seen]
+        self.count[seen] += 1
+        self.steps += 1
+
+    @abstractmethod
+    def step_matrix(self, ctx: StepContext) -> np.ndarray | None:
+        """This step's matrix in the task order of the training (``ctx.group``)."""
+
+    def matrix(self, default_diagonal: float = math.nan) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = self.total / self.count
+        missing = self.count == 0
+        if missing.any():
+            off = missing & ~np.eye(len(self.tasks), dtype=bool)
+            if off.any():
+                pairs = [f"{self.tasks[i]}<-{self.tasks[j]}" for i, j in zip(*np.nonzero(off))]
+                raise UsageError(f"no step observed the pairs {pairs[:6]}; train longer or lower 'every'")
+            out[missing] = default_diagonal
+        return out
+
+    def info(self) -> dict[str, Any]:
+        return {"steps": self.steps, "every": self.every, "extra_forward": self.extra_forward,
+                "extra_backward": self.extra_backward}
+
+
+class TrainingSignal(Signal):
+    """A signal collected during one MTL training of all tasks (the trainer runs it; the callback observes)."""
+
+    during_training = True
+
+    @abstractmethod
+    def callback(self, problem: TrainedProblem, seed: int) -> SignalCallback:
+        """A fresh callback for one training of all of ``problem``'s tasks.
+
+        Build it with the tasks in the training's order, ``make_group(problem.task_names)`` (sorted);
+        :meth:`compute` reorders the result to ``problem.task_names``.
+        """
+
+    def finish(self, callback: SignalCallback) -> np.ndarray:
+        """The final matrix from the callback (default: the per-entry average; the diagonal must be observed)."""
+        return callback.matrix()
+
+    def compute(self, problem: Problem, seed: int, device: str = "cpu", train: Trainer | None = None) -> Affinity:
+        problem = self.trained_problem(problem, self.id)
+        callback = self.callback(problem, seed)
+        result = problem.train(problem.task_names, seed, callbacks=[callback], device=device)
+        if callback.tasks != make_group(problem.task_names):
+            raise AssertionError(f"{self.id}: the callback's task order must be make_group(problem.task_names)")
+        order = [callback.tasks.index(t) for t in problem.task_names]
+        matrix = self.finish(callback)[np.ix_(order, order)]
+        info = {**callback.info(), "training_wall_s": result.wall_time_s, "epochs": result.epochs_run}
+        return Affinity(problem.task_names, matrix, self.id, info)
+
+
+def as_named(matrix: np.ndarray, tasks: Sequence[str]) -> Mapping[tuple[str, str], float]:
+    """``{(recipient, source): value}`` (handy in tests and reports)."""
+    return {(a, b): float(matrix[i, j]) for i, a in enumerate(tasks) for j, b in enumerate(tasks)}

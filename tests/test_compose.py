@@ -1,0 +1,129 @@
+"""Methods as compositions of signal, predictor and solver; a user's own signal and predictor are one file each."""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pytest
+
+from bench import registry
+from bench.compose import Composed
+from bench.errors import UsageError
+from bench.runner import Cell, Settings, run_cell
+
+PLANTED_SIGNAL = '''
+"""Knows the planted clusters: +1 inside a cluster, -1 across (a stand-in for a perfect signal)."""
+import numpy as np
+from bench.signals.base import Affinity, Signal
+
+
+class Planted(Signal):
+    name = "planted"
+
+    def compute(self, problem, seed, device="cpu", train=None):
+        tasks = problem.task_names
+        cluster = {t: c for c, g in enumerate(problem.planted_groups) for t in g}
+        S = np.array([[1.0 if cluster[a] == cluster[b] else -1.0 for b in tasks] for a in tasks])
+        return Affinity(tasks, S, self.id)
+'''
+
+PAIR_MEAN = '''
+"""Mean of the measured pair gains (a minimal predictor that needs every pair)."""
+import numpy as np
+from bench.predictors.base import Predictor, all_pairs
+
+
+class PairMean(Predictor):
+    name = "pair_mean"
+
+    def training_groups(self, tasks, budget, gen):
+        return all_pairs(tasks)
+
+    def _fit(self, observations, evidence, seed):
+        self.pairs_ = {obs.group: dict(obs.gains) for obs in observations}
+
+    def _predict(self, group):
+        out = {}
+        for t in group:
+            out[t] = float(np.mean([self.pairs_[tuple(sorted((t, u)))][t] for u in group if u != t]))
+        return out
+'''
+
+DATASET = "synthetic[clusters=[2,2],noise=0.3]"
+
+
+@pytest.fixture()
+def plugins(tmp_path, monkeypatch):
+    root = tmp_path / "plugins"
+    (root / "signals").mkdir(parents=True)
+    (root / "predictors").mkdir()
+    (root / "signals" / "planted.py").write_text(textwrap.dedent(PLANTED_SIGNAL))
+    (root / "predictors" / "pair_mean.py").write_text(textwrap.dedent(PAIR_MEAN))
+    monkeypatch.setenv("BENCH_PLUGIN_PATH", str(root))
+    registry.reload()
+    yield root
+    monkeypatch.delenv("BENCH_PLUGIN_PATH")
+    registry.reload()
+
+
+def _run(method: str, tmp_path, splits=(2,)) -> list[dict]:
+    settings = Settings(str(tmp_path / "out"), str(tmp_path / "cache"), profile="smoke")
+    records = run_cell(Cell(DATASET, method, 0, splits), settings)
+    assert all(r["status"] == "ok" for r in records), records
+    return records
+
+
+@pytest.mark.parametrize("problem, solver", [("select", "dp"), ("select", "branch_and_bound"),
+                                             ("partition", "dp"), ("partition", "sdp"), ("miqp", "dp"),
+                                             ("miqp-partition", "dp")])
+def test_a_perfect_signal_recovers_the_planted_clusters_through_every_problem(plugins, tmp_path, problem, solver):
+    [record] = _run(f"tag[signal=planted,problem={problem},solver={solver}]", tmp_path)
+    assert sorted(record["groups"]) == [["t0", "t1"], ["t2", "t3"]]
+    assert record["semantics"] == ("partition" if "partition" in problem else "select")
+    assert record["n_trainings"] == 0  # a signal without trainings; the chosen groups are the runner's
+
+
+def test_a_predictor_composition_counts_its_trainings(plugins, tmp_path):
+    [record] = _run("surrogate[predictor=pair_mean]", tmp_path)
+    assert record["n_trainings"] == 4 + 6  # single-task models + every pair
+    assert record["t_fit_s"] > 0 and record["t_signal_s"] >= 0 and record["t_solve_s"] >= 0
+
+
+def test_candidates_score_members_by_the_tag_aggregation():
+    from bench.compose import Fitted
+    from bench.signals.base import Affinity
+
+    S = np.array([[9.0, 1.0, 2.0], [3.0, 9.0, 4.0], [5.0, 6.0, 9.0]])
+    fitted = Fitted(Affinity(("a", "b", "c"), S, "x"), None)
+    tag = registry.create_method("tag")
+    by_group = {c.group: c.utility for c in tag.candidates(fitted, ("a", "b", "c"))}
+    assert ("a",) not in by_group  # singletons forbidden, as TAG's -1e6 sentinel
+    assert by_group[("a", "b", "c")] == {"a": 1.5, "b": 3.5, "c": 5.5}
+    diag = registry.create_method("tag[singletons=diagonal]")
+    assert {c.group: c.utility for c in diag.candidates(fitted, ("a", "b", "c"))}[("b",)] == {"b": 9.0}
+
+
+def test_bad_compositions_fail_with_clear_errors(plugins):
+    with pytest.raises(UsageError, match="solves partition"):
+        registry.create_method("sca[problem=select]").check()
+    with pytest.raises(UsageError, match="problem must be one of"):
+        registry.create_method("tag[problem=overlap]").check()
+    with pytest.raises(UsageError, match="needs a signal, a predictor or both"):
+        registry.create_method("tag[signal=none]").check()
+    with pytest.raises(UsageError, match="unknown signal"):
+        registry.create_method("tag[signal=tagg]").check()
+
+
+def test_the_identity_names_the_parts_versions():
+    identity = registry.create_method("tag").identity()
+    assert identity["parts"]["signal"]["name"] == "tag"
+    assert identity["parts"]["solver"]["name"] == "dp"
+
+
+def test_every_composed_method_is_valid_as_registered():
+    composed = [cls for kind in ("method", "baseline") for cls in registry.components(kind).values()
+                if issubclass(cls, Composed)]
+    assert len(composed) >= 13
+    for cls in composed:
+        cls().check()
