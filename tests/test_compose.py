@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 
 import numpy as np
 import pytest
@@ -12,59 +11,7 @@ from bench.compose import Composed
 from bench.errors import UsageError
 from bench.runner import Cell, Settings, run_cell
 
-PLANTED_SIGNAL = '''
-"""Knows the planted clusters: +1 inside a cluster, -1 across (a stand-in for a perfect signal)."""
-import numpy as np
-from bench.signals.base import Affinity, Signal
-
-
-class Planted(Signal):
-    name = "planted"
-
-    def compute(self, problem, seed, device="cpu", train=None):
-        tasks = problem.task_names
-        cluster = {t: c for c, g in enumerate(problem.planted_groups) for t in g}
-        S = np.array([[1.0 if cluster[a] == cluster[b] else -1.0 for b in tasks] for a in tasks])
-        return Affinity(tasks, S, self.id)
-'''
-
-PAIR_MEAN = '''
-"""Mean of the measured pair gains (a minimal predictor that needs every pair)."""
-import numpy as np
-from bench.predictors.base import Predictor, all_pairs
-
-
-class PairMean(Predictor):
-    name = "pair_mean"
-
-    def training_groups(self, tasks, budget, gen):
-        return all_pairs(tasks)
-
-    def _fit(self, observations, evidence, seed):
-        self.pairs_ = {obs.group: dict(obs.gains) for obs in observations}
-
-    def _predict(self, group):
-        out = {}
-        for t in group:
-            out[t] = float(np.mean([self.pairs_[tuple(sorted((t, u)))][t] for u in group if u != t]))
-        return out
-'''
-
 DATASET = "synthetic[clusters=[2,2],noise=0.3]"
-
-
-@pytest.fixture()
-def plugins(tmp_path, monkeypatch):
-    root = tmp_path / "plugins"
-    (root / "signals").mkdir(parents=True)
-    (root / "predictors").mkdir()
-    (root / "signals" / "planted.py").write_text(textwrap.dedent(PLANTED_SIGNAL))
-    (root / "predictors" / "pair_mean.py").write_text(textwrap.dedent(PAIR_MEAN))
-    monkeypatch.setenv("BENCH_PLUGIN_PATH", str(root))
-    registry.reload()
-    yield root
-    monkeypatch.delenv("BENCH_PLUGIN_PATH")
-    registry.reload()
 
 
 def _run(method: str, tmp_path, splits=(2,)) -> list[dict]:
