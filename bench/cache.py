@@ -66,24 +66,36 @@ class ResultCache:
         return self.root / key[:2] / f"{key}.json"
 
     def get(self, key: str) -> GroupResult | None:
-        path = self._path(key)
-        try:
-            with open(path) as fh:
-                data = json.load(fh)
-        except FileNotFoundError:
+        data = self.read(key)
+        if data is None:
             return None
-        except (json.JSONDecodeError, OSError, UnicodeDecodeError):
-            return None  # an unreadable entry is recomputed and rewritten
         try:
-            result = GroupResult.from_json(data["result"])
+            result = GroupResult.from_json(data)
         except (KeyError, TypeError, ValueError):
             return None  # valid JSON but not an entry (damaged or foreign file): recomputed and rewritten too
         return dataclasses.replace(result, cached=True)
 
     def put(self, key: str, result: GroupResult) -> None:
+        self.write(key, dataclasses.replace(result, cached=False).to_json())
+
+    def read(self, key: str) -> Any:
+        """The JSON payload stored under ``key``, or None (missing, unreadable or damaged: recomputed)."""
+        try:
+            with open(self._path(key)) as fh:
+                data = json.load(fh)
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, OSError, UnicodeDecodeError):
+            return None  # an unreadable entry is recomputed and rewritten
+        if not isinstance(data, dict) or data.get("key") != key or "result" not in data:
+            return None
+        return data["result"]
+
+    def write(self, key: str, payload: Any) -> None:
+        """Store a JSON payload under ``key`` atomically."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = {"key": key, "result": dataclasses.replace(result, cached=False).to_json()}
+        data = {"key": key, "result": payload}
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
         try:
             with os.fdopen(fd, "w") as fh:
@@ -121,3 +133,19 @@ class ResultCache:
             self.put(key, result)
             self.misses += 1
             return dataclasses.replace(result, cached=False)
+
+    def get_or_compute_payload(self, key: str, compute: Callable[[], Any]) -> tuple[Any, bool]:
+        """Like :meth:`get_or_compute` for any JSON payload (signals); returns ``(payload, was_cached)``."""
+        hit = self.read(key)
+        if hit is not None:
+            self.hits += 1
+            return hit, True
+        with self._lock(key):
+            hit = self.read(key)
+            if hit is not None:
+                self.hits += 1
+                return hit, True
+            payload = compute()
+            self.write(key, payload)
+            self.misses += 1
+            return payload, False

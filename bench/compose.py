@@ -138,8 +138,7 @@ class Composed(Method):
         self.check()
         if self.signal is None:
             return None
-        signal = registry.create("signal", self.signal)
-        return signal.compute(ctx.problem, ctx.seed, ctx.device, train=ctx.train)
+        return ctx.signal(registry.create("signal", self.signal))
 
     def fit(self, affinity: Affinity | None, ctx: Context) -> Fitted:
         predictor = self.make_predictor()

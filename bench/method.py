@@ -42,11 +42,12 @@ class Context:
     """What a method sees: the problem, the run's seed, and access to (cached, counted) group trainings."""
 
     def __init__(self, problem: Problem, seed: int, trainer: Callable[[Group, int], GroupResult],
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", signals: Callable[[Any, Context], Any] | None = None) -> None:
         self.problem = problem
         self.seed = seed
         self.device = device
         self._trainer = trainer
+        self._signals = signals
         self.ledger: list[Training] = []
 
     @property
@@ -59,6 +60,13 @@ class Context:
         result = self._trainer(group, seed)
         self.ledger.append(Training(group, seed, result.wall_time_s, result.cached))
         return result
+
+    def signal(self, signal: Any) -> Any:
+        """``signal.compute`` on this problem and seed, its trainings through :meth:`train`; the runner caches
+        the result (shared by every method that uses the same signal) and accounts its original cost."""
+        if self._signals is not None:
+            return self._signals(signal, self)
+        return signal.compute(self.problem, self.seed, self.device, train=self.train)
 
     def rng(self, *names: object) -> np.random.Generator:
         """A generator private to ``names`` under this run's seed."""

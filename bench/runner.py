@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import registry
-from bench.cache import ResultCache, canonical_json, result_key
+from bench.cache import ENGINE_VERSION, ResultCache, canonical_json, result_key
 from bench.dataset import Problem
 from bench.errors import BenchError, Unsupported, UsageError
 from bench.method import Context, Method
@@ -153,6 +153,39 @@ class _Trainings:
         self.count += 1
         return result
 
+    def signal(self, signal, ctx: Context):
+        """``signal.compute`` through the cache (key: problem identity, signal identity, seed, device).
+
+        The signal's own cost (its time minus the trainings it asked for, which are accounted as trainings) is
+        stored with it; a hit adds that original cost and replays the trainings the signal asked for through
+        ``ctx.train`` (cache hits themselves), so counts and timings do not depend on what the cache held.
+        """
+        from bench.signals.base import Affinity
+
+        if not self.problem.cacheable:
+            return signal.compute(self.problem, ctx.seed, self.device, train=ctx.train)
+        key = hashlib.sha256(canonical_json({
+            "engine": ENGINE_VERSION, "kind": "signal", "problem": self.problem.identity,
+            "signal": signal.identity(), "seed": ctx.seed, "device": self.device.split(":")[0],
+        }).encode()).hexdigest()
+        start, e0, ledger0 = time.perf_counter(), self.elapsed, len(ctx.ledger)
+
+        def compute():
+            affinity = signal.compute(self.problem, ctx.seed, self.device, train=ctx.train)
+            own = time.perf_counter() - start - (self.elapsed - e0)
+            trained = [[list(t.group), t.seed] for t in ctx.ledger[ledger0:]]
+            return {"affinity": affinity.to_json(), "own_time_s": own, "trainings": trained}
+
+        payload, cached = self.cache.get_or_compute_payload(key, compute)
+        if cached:
+            for group, seed in payload["trainings"]:
+                ctx.train(tuple(group), seed)
+            self.hits += 1
+        own = float(payload["own_time_s"])
+        self.elapsed += time.perf_counter() - start - (self.elapsed - e0)
+        self.cost += own
+        return Affinity.from_json(payload["affinity"])
+
     def phase(self, fn, *args):
         """Run ``fn(*args)``; its time with trainings counted at their original cost."""
         e0, c0 = self.elapsed, self.cost
@@ -193,7 +226,7 @@ def run_cell(cell: Cell, settings: Settings, done: frozenset[str] = frozenset())
         return []
     cache = ResultCache(settings.cache_dir)
     trainings = _Trainings(problem, cache, settings.device)
-    ctx = Context(problem, cell.seed, trainings, settings.device)
+    ctx = Context(problem, cell.seed, trainings, settings.device, signals=trainings.signal)
     records: list[dict] = []
 
     def finish(k, **fields):

@@ -76,9 +76,12 @@ from bench.signals.base import Affinity, Signal
 
 class Planted(Signal):
     name = "planted"
+    defaults = {"train_pair": False}
 
     def compute(self, problem, seed, device="cpu", train=None):
         tasks = problem.task_names
+        if self.train_pair:  # a signal that needs a ground-truth training (as task features do)
+            self.trainer(problem, seed, device, train)(tasks[:2])
         cluster = {t: c for c, g in enumerate(problem.planted_groups) for t in g}
         S = np.array([[1.0 if cluster[a] == cluster[b] else -1.0 for b in tasks] for a in tasks])
         return Affinity(tasks, S, self.id)

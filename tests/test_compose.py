@@ -74,3 +74,16 @@ def test_every_composed_method_is_valid_as_registered():
     assert len(composed) >= 13
     for cls in composed:
         cls().check()
+
+
+def test_signals_are_cached_with_their_original_cost_and_trainings(plugins, tmp_path):
+    settings = Settings(str(tmp_path / "out1"), str(tmp_path / "cache"), profile="smoke")
+    method = "tag[signal=planted[train_pair=true],problem=partition]"
+    [first] = run_cell(Cell(DATASET, method, 0, (2,)), settings)
+    again = Settings(str(tmp_path / "out2"), str(tmp_path / "cache"), profile="smoke")
+    [second] = run_cell(Cell(DATASET, method, 0, (2,)), again)
+    assert first["status"] == second["status"] == "ok"
+    assert first["n_trainings"] == second["n_trainings"] == 1  # the pair the signal trained, replayed on a hit
+    assert second["t_signal_s"] == pytest.approx(first["t_signal_s"], rel=0.5, abs=0.05)
+    assert second["cache_hits"] > first["cache_hits"]
+    assert first["groups"] == second["groups"]

@@ -72,6 +72,29 @@ class Affinity:
         i, j = (self.tasks.index(t) for t in pair)
         return float(self.matrix[i, j])
 
+    def to_json(self) -> dict[str, Any]:
+        def plain(value: Any) -> Any:
+            if isinstance(value, np.ndarray):
+                return value.tolist()
+            if isinstance(value, (np.floating, np.integer, np.bool_)):
+                return value.item()
+            if isinstance(value, Mapping):
+                return {str(k): plain(v) for k, v in value.items()}
+            if isinstance(value, (list, tuple)):
+                return [plain(v) for v in value]
+            return value
+
+        return {"tasks": list(self.tasks), "matrix": self.matrix.tolist(), "signal": self.signal,
+                "info": plain(dict(self.info)), "features": plain(dict(self.features)),
+                "task_features": plain(dict(self.task_features))}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Affinity:
+        return cls(tuple(data["tasks"]), np.array(data["matrix"], dtype=np.float64), data["signal"],
+                   dict(data.get("info", {})),
+                   {k: np.array(v, dtype=np.float64) for k, v in data.get("features", {}).items()},
+                   {k: np.array(v, dtype=np.float64) for k, v in data.get("task_features", {}).items()})
+
     def to_csv(self, path: str | Path) -> None:
         """Header row of task names, then one row per recipient task (read back by :meth:`from_csv` and by
         ``python -m bench group --affinity``)."""
