@@ -116,6 +116,25 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--repeats", type=int, default=3, help="timed runs per scaling cell (default 3)")
     perf.add_argument("--quick", action="store_true", help="a few small instances only (a smoke check)")
     perf.add_argument("--only", help="comma-separated reports: table6, scaling, gaps (default all)")
+
+    pred = sub.add_parser("predictors", help="prediction quality of signals and gain predictors on held-out groups "
+                                             "(ETAP Tables 2, 3, 9; tabular-divergence Tables 2, 6)")
+    pred.add_argument("--datasets", default="synthetic", help="comma-separated dataset ids (default synthetic)")
+    pred.add_argument("--tables", help="comma-separated tables: etap_table2, etap_table3, etap_table9, "
+                                       "divergence_table2, divergence_table6 (default all)")
+    pred.add_argument("--profile", default="mini", choices=PROFILES, help="smoke | mini | paper (default mini)")
+    pred.add_argument("--repeats", default="3", help="training draws per cell (default 3)")
+    pred.add_argument("--seed", default="0", help="seed of the ground truth and the draws (default 0)")
+    pred.add_argument("--n-eval", default="30", help="held-out groups of the group tables (default 30)")
+    pred.add_argument("--sizes", default="5,10,20", help="|G_train| of etap_table3 (default 5,10,20)")
+    pred.add_argument("--sizes9", default="20", help="|G_train| of etap_table9 (default 20)")
+    pred.add_argument("--split", default="test", choices=("val", "test"),
+                      help="split whose gains are scored (default test; predictors are fitted on val gains)")
+    pred.add_argument("--out", default="out/predictors", help="output folder (default out/predictors)")
+    pred.add_argument("--data-root", help=f"folder with the real data files (default: ${DATA_ROOT_ENV})")
+    pred.add_argument("--cache", help="group-result cache folder (default: $BENCH_CACHE_DIR or "
+                                      "~/.cache/task-grouping-bench)")
+    pred.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
     return parser
 
 
@@ -319,13 +338,45 @@ def _cmd_affinity(args) -> int:
     return 0
 
 
+def _cmd_predictors(args) -> int:
+    from bench.predeval import TABLES, run_predictor_tables
+    from bench.trainer import resolve_device
+
+    tables = TABLES if args.tables is None else _ids(args.tables, "tables")
+    unknown = [t for t in tables if t not in TABLES]
+    if unknown:
+        raise UsageError(f"unknown table(s) {unknown}; allowed: {', '.join(TABLES)}")
+    repeats, seed, n_eval = _int(args.repeats, "repeats"), _int(args.seed, "seed"), _int(args.n_eval, "n-eval")
+    if repeats < 1:
+        raise UsageError(f"--repeats must be at least 1, got {repeats}")
+    resolve_device(args.device)
+    if args.data_root is not None and not Path(args.data_root).is_dir():
+        raise UsageError(f"--data-root {args.data_root} is not a directory")
+    paths = run_predictor_tables(
+        _ids(args.datasets, "datasets"), tables, args.out, args.profile, args.data_root,
+        Path(args.cache) if args.cache else default_cache_dir(), seed, repeats, args.device,
+        progress=lambda line: print(line, file=sys.stderr), n_eval=n_eval, sizes=_ints(args.sizes, "sizes", 1),
+        sizes9=_ints(args.sizes9, "sizes9", 1), report_split=args.split)
+    import csv
+
+    failed = 0
+    for path in paths:
+        print(path)
+        if path.suffix == ".csv":
+            with path.open() as fh:
+                failed += sum(row["status"] == "failed" for row in csv.DictReader(fh))
+    if failed:
+        print(f"{failed} table rows failed (see the status and reason columns)", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def _need_dir(path: str) -> None:
     if not Path(path).is_dir():
         raise UsageError(f"{path} is not a directory (give the --out folder of a run)")
 
 
 COMMANDS = {"run": _cmd_run, "list": _cmd_list, "table": _cmd_table, "compare": _cmd_compare, "group": _cmd_group,
-            "perf": _cmd_perf, "affinity": _cmd_affinity}
+            "perf": _cmd_perf, "affinity": _cmd_affinity, "predictors": _cmd_predictors}
 
 
 def main(argv: list[str] | None = None) -> int:

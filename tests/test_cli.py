@@ -48,7 +48,7 @@ ERRORS = [
     (("run", "--jobs", "0"), "at least 1"),
     (("run", "--device", "tpu"), "allowed: cpu, cuda, auto"),
     (("run", "--data-root", "/no/such/dir"), "is not a directory"),
-    (("list", "everything"), "allowed: datasets, methods, baselines, solvers, suites"),
+    (("list", "everything"), "allowed: datasets, methods, baselines, solvers, signals, predictors, suites"),
     (("table", "/no/such/dir"), "is not a directory"),
     (("compare", "/no/such/dir"), "is not a directory"),
     (("frobnicate",), "invalid choice"),
