@@ -109,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--seed", default="0", help="seed for randomised solvers (default 0)")
     group.add_argument("--format", default="table", help="table (default) | json")
 
-    perf = sub.add_parser("perf", help="measure the solvers: Table 6 layout, scaling to 16 tasks, heuristic gaps")
-    perf.add_argument("what", choices=["solvers"], help="what to measure")
+    perf = sub.add_parser("perf", help="measure the solvers (Table 6 layout, scaling, gaps) or the signals (cost / plain training)")
+    perf.add_argument("what", choices=["solvers", "signals"], help="what to measure")
     perf.add_argument("--out", default="out/perf", help="output folder (default out/perf)")
     perf.add_argument("--time-limit", type=float, default=60.0, help="seconds per solve before × (default 60)")
     perf.add_argument("--repeats", type=int, default=3, help="timed runs per scaling cell (default 3)")
@@ -302,6 +302,16 @@ def _cmd_perf(args) -> int:
 
     if args.time_limit <= 0 or args.repeats < 1:
         raise UsageError("--time-limit must be positive and --repeats at least 1")
+    if args.what == "signals":
+        from bench.signal_perf import sca_cost, signal_costs, write_signal_report
+
+        print("timing the training signals against plain training ...", file=sys.stderr)
+        rows = signal_costs(repeats=args.repeats, quick=args.quick)
+        print("timing SCA against one MTL training ...", file=sys.stderr)
+        rows.append(sca_cost(repeats=args.repeats, quick=args.quick))
+        for path in write_signal_report(rows, args.out):
+            print(path)
+        return 0
     from bench.perf import REPORTS
 
     only = REPORTS if args.only is None else _ids(args.only, "only")

@@ -18,6 +18,13 @@ Signals (TAG, ETAP, transfer gain, ...) observe the training through :class:`Cal
 parameters, per-task gradients of the shared parameters and the optimiser state, and a functional re-evaluation
 of the losses under other shared parameters. Callbacks never patch the trainer.
 
+Per-task gradients (:meth:`StepContext.task_gradients`) cost one ordinary backward pass through the heads and one
+*batched* backward pass through the encoder (``torch.autograd.grad(..., is_grads_batched=True)``, a ``vmap`` over
+the n task cotangents), and the trainer's update is then their sum: no further backward pass. A callback that
+will ask for them sets ``wants_task_gradients = True`` so that the step's forward keeps the encoder output and
+gives each head its own view of it (:meth:`MTLModel.forward_parts`); without that flag, or where batching fails,
+the gradients come from one batched backward of the stacked losses, or from a loop of one backward per task.
+
 Determinism: all randomness comes from ``seed`` (model initialisation under a forked global RNG, batch order from
 a private generator), so two trainings with the same seed on the CPU give identical results.
 """
@@ -27,6 +34,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -114,6 +122,34 @@ class MTLModel(nn.Module):
         by_id = {key: z for key, z in zip(distinct, zs)}
         return {t: self.heads[t](by_id[id(x)]) for t, x in inputs.items()}
 
+    def forward_parts(self, inputs: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], EncoderParts | None]:
+        """:meth:`forward` (same values), also returning the encoder output and each task's view of it.
+
+        Every head reads its own view node of the encoder output ``z`` (rows ``rows[t]``), so the gradient of the
+        summed loss with respect to ``head_inputs[t]`` is exactly task ``t``'s cotangent at ``z``: one backward
+        pass gives all n cotangents, which :meth:`_Loop.per_task_gradients` then pushes through the encoder in one
+        batched backward.
+        """
+        distinct: dict[int, torch.Tensor] = {}
+        for x in inputs.values():
+            distinct.setdefault(id(x), x)
+        xs = list(distinct.values())
+        full = len(xs) == 1
+        z = self.encoder(xs[0] if full else torch.cat(xs))
+        if not isinstance(z, torch.Tensor):  # structured encoder output (shared inputs only): no views to take
+            return {t: self.heads[t](z) for t in inputs}, None
+        starts, offset = {}, 0
+        for key, x in zip(distinct, xs):
+            starts[key] = (offset, offset + x.shape[0])
+            offset += x.shape[0]
+        rows = {t: starts[id(x)] for t, x in inputs.items()}
+        if full:  # n aliases of z from one node (cheaper than n view nodes, forward and backward)
+            head_inputs = dict(zip(inputs, z.expand(len(inputs), *z.shape).unbind(0)))
+        else:
+            head_inputs = {t: z[a:b] for t, (a, b) in rows.items()}
+        out = {t: self.heads[t](h) for t, h in head_inputs.items()}
+        return out, EncoderParts(z, rows, head_inputs)
+
     def shared_parameters(self) -> dict[str, nn.Parameter]:
         return {f"encoder.{n}": p for n, p in self.encoder.named_parameters()}
 
@@ -122,6 +158,41 @@ class MTLModel(nn.Module):
 
 
 ModelFactory = Callable[[Group], MTLModel]
+
+
+@dataclass
+class EncoderParts:
+    """The encoder output of one forward pass and the per-task views the heads read (see
+    :meth:`MTLModel.forward_parts`); ``rows[t]`` is the half-open row range of task ``t``'s samples in ``z``."""
+
+    z: torch.Tensor
+    rows: dict[str, tuple[int, int]]
+    head_inputs: dict[str, torch.Tensor]
+
+
+@dataclass
+class TaskGradients:
+    """Per-task gradients of one step, stacked: ``shared[name]`` has shape ``(n, *param.shape)`` with row ``i`` the
+    gradient of task ``tasks[i]``'s loss; ``heads[name]`` is the gradient of a head parameter (it depends on its
+    own task's loss only). ``unused`` names parameters no loss reached (zero here; the update leaves their
+    ``grad`` unset, as a plain backward would); ``method`` says how they were computed: ``two_stage`` (heads,
+    then one batched backward through the encoder), ``batched`` (one batched backward of the stacked losses) or
+    ``loop`` (one backward per task)."""
+
+    tasks: Group
+    shared: dict[str, torch.Tensor]
+    heads: dict[str, torch.Tensor]
+    unused: frozenset[str]
+    method: str
+
+    def per_task(self) -> dict[str, dict[str, torch.Tensor]]:
+        """``task -> {parameter name -> gradient}`` over the shared parameters and the task's own head."""
+        out = {}
+        for i, t in enumerate(self.tasks):
+            prefix = f"heads.{t}."
+            out[t] = {**{n: g[i] for n, g in self.shared.items()},
+                      **{n: g for n, g in self.heads.items() if n.startswith(prefix)}}
+        return out
 
 
 @dataclass
@@ -140,13 +211,15 @@ class StepContext:
     a lookahead needs.
     """
 
-    def __init__(self, trainer: _Loop, step: int, epoch: int, batch: Batch, losses: dict[str, torch.Tensor]):
+    def __init__(self, trainer: _Loop, step: int, epoch: int, batch: Batch, losses: dict[str, torch.Tensor],
+                 parts: EncoderParts | None = None):
         self._trainer = trainer
         self.step = step
         self.epoch = epoch
         self.batch = batch
         self.losses = losses
-        self._task_grads: dict[str, dict[str, torch.Tensor]] | None = None
+        self._parts = parts
+        self._gradients: TaskGradients | None = None
 
     @property
     def group(self) -> Group:
@@ -180,9 +253,17 @@ class StepContext:
 
     def task_gradients(self) -> dict[str, dict[str, torch.Tensor]]:
         """``task -> {shared parameter name -> gradient of that task's loss}`` at the current parameters."""
-        if self._task_grads is None:
-            self._task_grads = self._trainer.per_task_gradients(self.losses)
-        return {t: {n: g for n, g in grads.items() if n.startswith("encoder.")} for t, grads in self._task_grads.items()}
+        stacked = self.stacked_task_gradients().shared
+        return {t: {n: g[i] for n, g in stacked.items()} for i, t in enumerate(self.group)}
+
+    def stacked_task_gradients(self) -> TaskGradients:
+        """The same per-task gradients stacked along a leading task axis (group order), plus the heads' gradients.
+
+        Computed once per step (see the module docstring for the cost) and reused by the trainer's update.
+        """
+        if self._gradients is None:
+            self._gradients = self._trainer.task_gradient_stack(self.losses, self._parts)
+        return self._gradients
 
     def losses_with(self, params: Mapping[str, torch.Tensor], train_mode: bool = True) -> dict[str, torch.Tensor]:
         """Per-task losses on this batch with ``params`` (a subset of named parameters) substituted."""
@@ -190,7 +271,13 @@ class StepContext:
 
 
 class Callback:
-    """Observer of a training. Override what you need; every hook is optional."""
+    """Observer of a training. Override what you need; every hook is optional.
+
+    ``wants_task_gradients``: set it to True in a callback that calls :meth:`StepContext.task_gradients` (on some
+    steps at least); the step's forward then keeps what the fastest per-task gradient computation needs.
+    """
+
+    wants_task_gradients: bool = False
 
     def on_train_start(self, group: Group, model: MTLModel, optimizer: torch.optim.Optimizer) -> None: ...
 
@@ -237,6 +324,17 @@ class _Loop:
         self.callbacks = list(callbacks)
         self.loss_fns = {t: loss_fn(tasks[t].loss) for t in group}
         self._modules = list(model.modules())
+        self._named = dict(model.named_parameters())
+        # the parameter dicts of the per-task gradients, built once (a training never swaps parameters)
+        self._shared = model.shared_parameters()
+        self._own = {t: model.task_parameters(t) for t in group}
+        self._heads = {n: p for t in group for n, p in self._own[t].items()}
+        self._eye: torch.Tensor | None = None
+        self._ones: torch.Tensor | None = None
+        # forward_parts mirrors MTLModel.forward; a subclass with its own forward keeps its forward
+        self._plain_forward = isinstance(model, MTLModel) and type(model).forward is MTLModel.forward
+        self.parts: EncoderParts | None = None
+        self.gradient_fallback: str | None = None
         params = list(model.parameters())
         if config.optimizer == "adam":
             self.optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -257,43 +355,154 @@ class _Loop:
         if any(m.training != train_mode for m in self._modules):
             self.model.train(train_mode)
 
-    def losses(self, batch: Batch, params=None, train_mode: bool = True) -> dict[str, torch.Tensor]:
+    def losses(self, batch: Batch, params=None, train_mode: bool = True,
+               capture: bool = False) -> dict[str, torch.Tensor]:
+        """Per-task losses on ``batch``; ``capture`` (a plain forward only) keeps the encoder's output and the
+        heads' views of it in ``self.parts`` (see :meth:`MTLModel.forward_parts`)."""
         self.set_mode(train_mode)
+        self.parts = None
         if params:
             out = torch.func.functional_call(self.model, dict(params), (batch.inputs,), strict=False)
+        elif capture and self._plain_forward:
+            out, self.parts = self.model.forward_parts(batch.inputs)
         else:
             out = self.model(batch.inputs)
         return {t: self.loss_fns[t](out[t], batch.targets[t]) for t in self.group}
 
-    def per_task_gradients(self, losses: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-        shared = self.model.shared_parameters()
-        grads = {}
-        for i, t in enumerate(self.group):
-            named = {**shared, **self.model.task_parameters(t)}
-            values = torch.autograd.grad(
-                losses[t], list(named.values()), retain_graph=i < len(self.group) - 1, allow_unused=True
-            )
-            grads[t] = {
-                n: (g if g is not None else torch.zeros_like(p)) for (n, p), g in zip(named.items(), values)
-            }
-        return grads
+    def per_task_gradients(self, losses: dict[str, torch.Tensor], parts: EncoderParts | None = None,
+                           method: str = "auto") -> dict[str, dict[str, torch.Tensor]]:
+        """``task -> {parameter -> gradient of the task's loss}`` over the shared parameters and the task's head.
 
-    def step(self, ctx: StepContext | None, losses: dict[str, torch.Tensor]) -> torch.Tensor:
-        # The plain sum, without the extra ``0 + ...`` graph node that ``sum()`` adds (same value, same gradient).
+        ``method``: ``auto`` (batched, falling back to the loop if batching fails), ``batched`` or ``loop``; see
+        :meth:`task_gradient_stack`.
+        """
+        return self.task_gradient_stack(losses, parts, method).per_task()
+
+    def task_gradient_stack(self, losses: dict[str, torch.Tensor], parts: EncoderParts | None = None,
+                            method: str = "auto") -> TaskGradients:
+        """The n per-task gradients, stacked (:class:`TaskGradients`).
+
+        Batched: with the forward's :class:`EncoderParts`, one ordinary backward of the summed loss to the heads'
+        inputs and parameters (heads see their own task only, so that gives every task's head gradient and
+        cotangent at the encoder output), then one batched backward through the encoder with the n cotangents
+        (``is_grads_batched=True``); without them, one batched backward of the stacked losses with the identity
+        as ``grad_outputs``. Either way the graph is retained, so a failure of batching (an operation without a
+        vmap rule) can fall back to the loop of one backward per task; after one failure this training stays on
+        the loop (``self.gradient_fallback`` says why).
+        """
+        if method not in ("auto", "batched", "loop"):
+            raise UsageError(f"method must be auto, batched or loop, got {method!r}")
+        if method != "loop" and self.gradient_fallback is None:
+            try:
+                if parts is not None:
+                    return self._two_stage_gradients(losses, parts)
+                return self._batched_gradients(losses)
+            except RuntimeError as exc:
+                if method == "batched":
+                    raise
+                self.gradient_fallback = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        return self._loop_gradients(losses)
+
+    @staticmethod
+    def _filled(named: Mapping[str, nn.Parameter], values, n: int | None) -> tuple[dict, set]:
+        """Gradients with ``None`` (parameter not reached) replaced by zeros; ``n``: rows of a stacked one."""
+        out, unused = {}, set()
+        for (name, p), g in zip(named.items(), values):
+            if g is None:
+                unused.add(name)
+                g = torch.zeros((n, *p.shape) if n is not None else p.shape, dtype=p.dtype, device=p.device)
+            out[name] = g
+        return out, unused
+
+    def _two_stage_gradients(self, losses, parts: EncoderParts) -> TaskGradients:
+        group, n = self.group, len(self.group)
+        shared, heads = self._shared, self._heads
+        roots = [losses[t] for t in group]
+        if self._ones is None or self._ones.dtype != roots[0].dtype or self._ones.device != roots[0].device:
+            self._ones = torch.ones((), dtype=roots[0].dtype, device=roots[0].device)
+        views = [parts.head_inputs[t] for t in group]
+        # the gradient of the summed loss, seeded at every task's loss (no graph for the sum itself)
+        first = torch.autograd.grad(roots, [*views, *heads.values()], grad_outputs=[self._ones] * n,
+                                    retain_graph=True, allow_unused=True)
+        z = parts.z
+        cot = [g if g is not None else torch.zeros_like(v) for g, v in zip(first[:n], views)]
+        if all(parts.rows[t] == (0, z.shape[0]) for t in group):
+            stacked = torch.stack(cot)
+        else:  # per-task inputs: task t's cotangent lives in its own rows of z
+            stacked = z.new_zeros((n, *z.shape))
+            for i, t in enumerate(group):
+                a, b = parts.rows[t]
+                stacked[i, a:b] = cot[i]
+        values = torch.autograd.grad(z, list(shared.values()), grad_outputs=stacked, is_grads_batched=True,
+                                     retain_graph=True, allow_unused=True)
+        shared_grads, unused = self._filled(shared, values, n)
+        head_grads, unused_heads = self._filled(heads, first[n:], None)
+        return TaskGradients(group, shared_grads, head_grads, frozenset(unused | unused_heads), "two_stage")
+
+    def _batched_gradients(self, losses) -> TaskGradients:
+        group, n = self.group, len(self.group)
+        shared, heads = self._shared, self._heads
+        stacked = torch.stack([losses[t] for t in group])
+        if self._eye is None or self._eye.dtype != stacked.dtype or self._eye.device != stacked.device:
+            self._eye = torch.eye(n, dtype=stacked.dtype, device=stacked.device)
+        eye = self._eye
+        with warnings.catch_warnings():  # "no batching rule, performance drop": correct, only slower
+            warnings.simplefilter("ignore", UserWarning)
+            values = torch.autograd.grad(stacked, [*shared.values(), *heads.values()], grad_outputs=eye,
+                                         is_grads_batched=True, retain_graph=True, allow_unused=True)
+        shared_grads, unused = self._filled(shared, values[: len(shared)], n)
+        head_rows, unused_heads = self._filled(heads, values[len(shared):], n)
+        owner = {k: i for i, t in enumerate(group) for k in self._own[t]}
+        head_grads = {k: g[owner[k]] for k, g in head_rows.items()}  # the other rows are zero
+        return TaskGradients(group, shared_grads, head_grads, frozenset(unused | unused_heads), "batched")
+
+    def _loop_gradients(self, losses) -> TaskGradients:
+        group = self.group
+        shared = self._shared
+        per_task, heads, unused_shared, unused = [], {}, set(shared), set()
+        for t in group:
+            own = self._own[t]
+            named = {**shared, **own}
+            # the graph stays for other callbacks of the step; it is freed with the step's losses
+            values = torch.autograd.grad(losses[t], list(named.values()), retain_graph=True, allow_unused=True)
+            filled, missing = self._filled(named, values, None)
+            per_task.append(filled)
+            heads.update({k: filled[k] for k in own})
+            unused |= missing & set(own)
+            unused_shared &= missing
+        shared_grads = {name: torch.stack([g[name] for g in per_task]) for name in shared}
+        return TaskGradients(group, shared_grads, heads, frozenset(unused | unused_shared), "loop")
+
+    @staticmethod
+    def _sum(losses: dict[str, torch.Tensor]) -> torch.Tensor:
         values = iter(losses.values())
         total = next(values)
         for value in values:
             total = total + value
+        return total
+
+    def step(self, ctx: StepContext | None, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        given = ctx is not None and ctx._gradients is not None
+        # The plain sum, without the extra ``0 + ...`` graph node that ``sum()`` adds (same value, same gradient);
+        # with the per-task gradients given it is only the running loss, so no graph is built for it.
+        if given:
+            with torch.no_grad():
+                total = self._sum(losses)
+        else:
+            total = self._sum(losses)
         self.optimizer.zero_grad(set_to_none=True)
-        if ctx is not None and ctx._task_grads is not None:
+        if given:
             # The update is the sum of the per-task gradients the callbacks already asked for: no extra pass.
-            named = dict(self.model.named_parameters())
-            summed: dict[str, torch.Tensor] = {}
-            for grads in ctx._task_grads.values():
-                for n, g in grads.items():
-                    summed[n] = summed[n] + g if n in summed else g
-            for n, g in summed.items():
-                named[n].grad = g.detach().clone()
+            grads = ctx._gradients
+            named = self._named
+            for n, g in grads.shared.items():
+                if n not in grads.unused:
+                    named[n].grad = g.detach().sum(0)
+            for n, g in grads.heads.items():
+                if n not in grads.unused:
+                    # shared with the callbacks' copy without cloning: Adam and SGD never write into ``.grad``
+                    # and ``zero_grad(set_to_none=True)`` only drops the reference
+                    named[n].grad = g.detach()
         else:
             total.backward()
         self.optimizer.step()
@@ -368,6 +577,7 @@ def train_group(
         loop = _Loop(model, tasks, group, config, callbacks)
         for cb in loop.callbacks:
             cb.on_train_start(group, model, loop.optimizer)
+        capture = any(getattr(cb, "wants_task_gradients", False) for cb in loop.callbacks)
         best_val, best_epoch, best_state, bad = math.inf, 0, None, 0
         curves: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "lr": []}
         step = 0
@@ -376,10 +586,10 @@ def train_group(
             running, n_steps = torch.zeros((), device=dev), 0
             curves["lr"].append(float(loop.optimizer.param_groups[0]["lr"]))
             for batch in _batches(train, group, config.batch_size, gen):
-                losses = loop.losses(batch)
+                losses = loop.losses(batch, capture=capture)
                 ctx = None
                 if loop.callbacks:
-                    ctx = StepContext(loop, step, epoch, batch, losses)
+                    ctx = StepContext(loop, step, epoch, batch, losses, loop.parts)
                     for cb in loop.callbacks:
                         cb.before_step(ctx)
                 running += loop.step(ctx, losses)
@@ -431,10 +641,12 @@ def train_group(
 __all__ = [
     "Batch",
     "Callback",
+    "EncoderParts",
     "MTLModel",
     "Split",
     "StepContext",
     "TaskData",
+    "TaskGradients",
     "TrainConfig",
     "resolve_device",
     "train_group",

@@ -1,0 +1,306 @@
+"""Machinery shared by the lookahead signals (``tag``, ``transfer_gain``, ``etap``).
+
+Two pieces, both vectorised over ``P`` parameter sets at once:
+
+**The optimiser's virtual update** (:func:`virtual_parameters`, :func:`virtual_update`). Given ``P`` gradients of
+a fixed list of parameters (one row each, flattened: a ``(P, D)`` matrix), the parameters the trainer's optimiser
+would produce from each gradient alone, starting from its *current* state (read through
+``ctx.optimizer_state(param)``, never modified) and the hyper-parameters of ``ctx.optimizer.param_groups[0]``:
+
+- ``torch.optim.SGD`` (PyTorch convention): ``d = g + wd * theta``; with momentum ``mu``,
+  ``buf' = mu * buf + (1 - dampening) * d`` (``buf' = d`` where the buffer does not exist yet, i.e. before the
+  parameter's first update), ``d = buf'`` (Nesterov: ``d + mu * buf'``); ``theta' = theta - lr * d``.
+- ``torch.optim.Adam`` / ``AdamW``: ``g = g + wd * theta`` (Adam's L2 form) or ``theta <- theta * (1 - lr * wd)``
+  (decoupled, AdamW); ``m' = m + (1 - b1) (g - m)``, ``v' = b2 v + (1 - b2) g^2``, ``k = step + 1``;
+  ``theta' = theta - lr / (1 - b1^k) * m' / (sqrt(v') / sqrt(1 - b2^k) + eps)`` (AMSGrad: ``max(v_max, v')`` in
+  the denominator); missing state (before the first update) is zero moments and ``step = 0``.
+- ``maximize`` negates the gradient first, as torch does. Other optimisers raise :class:`bench.errors.Unsupported`.
+
+The operations follow torch's own single-tensor implementation, so ``theta'`` equals what ``optimizer.step()``
+would give up to floating-point rounding (the tests check it against a real step on a copy).
+
+**The batched lookahead evaluation** (:class:`Lookahead`). Given ``P`` replacement values of some parameters
+(tensors with a leading ``P`` axis), every task's loss on the current batch, in train mode (batch statistics, as
+TAG's reference does), for each set: a ``(P, n)`` matrix from *one* call of
+``torch.func.vmap(torch.func.functional_call(model, ...))``. Batch-norm layers update their running statistics in
+place in train mode; each vmapped call therefore gets ``P`` fresh clones of the model's buffers, and the real
+model's buffers are never touched. Where ``vmap`` cannot run the model (an operation without a batching rule,
+``.item()`` or other data-dependent Python control flow, random operations such as dropout), the evaluation falls
+back to a Python loop over the ``P`` sets (one ``functional_call`` each, again with cloned buffers), for the rest
+of the training, and ``Lookahead.fallback`` records why (the signals put it in ``Affinity.info``).
+:func:`lookahead_losses_loop` is that loop; the tests use it as the slow reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from bench.errors import Unsupported, UsageError
+from bench.signals.base import SignalCallback
+from bench.trainer import StepContext, TaskGradients
+
+
+class FlatParams:
+    """A fixed, ordered set of named parameters seen as one flat vector of length ``D`` (built once per training).
+
+    ``flatten`` turns ``{name: (P, *shape)}`` into a ``(P, D)`` matrix and ``unflatten`` gives back views of
+    such a matrix (no copy: each parameter's columns are contiguous within a row).
+    """
+
+    def __init__(self, named: Mapping[str, nn.Parameter]) -> None:
+        self.names = list(named)
+        self.params = list(named.values())
+        self.shapes = [tuple(p.shape) for p in self.params]
+        self.sizes = [p.numel() for p in self.params]
+        self.size = sum(self.sizes)
+        self.checked: dict | None = None  # the optimiser param group already checked to hold every parameter
+
+    def values(self) -> torch.Tensor:
+        """The current parameters, flattened (a copy)."""
+        return torch.cat([p.detach().reshape(-1) for p in self.params])
+
+    def flatten(self, stacked: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        rows = next(iter(stacked.values())).shape[0]
+        return torch.cat([stacked[n].detach().reshape(rows, -1) for n in self.names], dim=1)
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        rows = flat.shape[0]
+        pieces = flat.split(self.sizes, dim=1)
+        return {n: piece.reshape(rows, *shape) for n, piece, shape in zip(self.names, pieces, self.shapes)}
+
+    def state(self, ctx: StepContext, key: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The optimiser state ``key`` of every parameter, flattened, and a mask of the entries that have it
+        (``None`` mask: all have it; ``None`` tensor: none has it)."""
+        found = [ctx.optimizer_state(p).get(key) for p in self.params]
+        if all(v is None for v in found):
+            return None, None
+        flat = torch.cat([(v if v is not None else torch.zeros_like(p)).detach().reshape(-1)
+                          for v, p in zip(found, self.params)])
+        if all(v is not None for v in found):
+            return flat, None
+        mask = torch.cat([torch.full((s,), v is not None, dtype=torch.bool, device=flat.device)
+                          for v, s in zip(found, self.sizes)])
+        return flat, mask
+
+    def per_element(self, values: list[float], like: torch.Tensor) -> torch.Tensor | float:
+        """One scalar per parameter as a ``(D,)`` vector (a plain float when all are equal)."""
+        if all(v == values[0] for v in values):
+            return values[0]
+        return torch.cat([torch.full((s,), v, dtype=like.dtype, device=like.device)
+                          for v, s in zip(values, self.sizes)])
+
+
+def _group(ctx: StepContext, flat: FlatParams) -> dict:
+    group = ctx.optimizer.param_groups[0]
+    if flat.checked is not group:  # checked once per training (the group object lives as long as the optimiser)
+        members = {id(p) for p in group["params"]}
+        if any(id(p) not in members for p in flat.params):
+            raise Unsupported("the lookahead reads the hyper-parameters of the optimiser's first parameter "
+                              "group, which must hold every parameter it updates")
+        flat.checked = group
+    return group
+
+
+def _terms(ctx: StepContext, flat: FlatParams, grads: torch.Tensor):
+    """``(theta, theta_eff, direction, scale)`` with ``theta' = theta_eff - scale * direction`` (row-wise).
+
+    ``direction`` is always a fresh ``(P, D)`` tensor the caller may modify in place. The arithmetic works in
+    place on at most two ``(P, D)`` temporaries: large short-lived allocations cost more than the arithmetic on a
+    CPU (each one can be page-faulted in anew), and with transfer gain's ``n(n+1)/2`` rows they add up.
+    """
+    opt, group = ctx.optimizer, _group(ctx, flat)
+    theta = flat.values()
+    maximize = bool(group.get("maximize", False))
+    lr = float(group["lr"])
+    wd = float(group.get("weight_decay", 0.0))
+    if isinstance(opt, torch.optim.SGD):
+        mu, damp = float(group["momentum"]), float(group["dampening"])
+        d = grads.neg() if maximize else grads.clone()
+        if wd != 0:
+            d.add_(theta, alpha=wd)
+        if mu != 0:
+            buf, mask = flat.state(ctx, "momentum_buffer")
+            if buf is not None and mask is None and not group["nesterov"]:  # the common case, in place
+                d = (d.mul_(1 - damp) if damp != 0 else d).add_(buf, alpha=mu)
+            elif buf is not None:  # buf' = mu buf + (1 - dampening) d; where no buffer exists yet, buf' = d
+                new_buf = (d.mul(1 - damp) if damp != 0 else d.clone()).add_(buf, alpha=mu)
+                if mask is not None:
+                    new_buf = torch.where(mask, new_buf, d)
+                d = d.add_(new_buf, alpha=mu) if group["nesterov"] else new_buf
+            elif group["nesterov"]:
+                d.mul_(1 + mu)  # first update: buf' = d, then d + mu buf'
+        return theta, theta, d, lr
+    if isinstance(opt, torch.optim.Adam):  # AdamW is an Adam with decoupled_weight_decay=True
+        b1, b2 = (float(b) for b in group["betas"])
+        eps = float(group["eps"])
+        decoupled = bool(group.get("decoupled_weight_decay", isinstance(opt, torch.optim.AdamW)))
+        theta_eff = theta
+        g = grads.neg() if maximize else grads.clone()
+        if wd != 0:
+            if decoupled:
+                theta_eff = theta * (1 - lr * wd)
+            else:
+                g.add_(theta, alpha=wd)
+        m, _ = flat.state(ctx, "exp_avg")
+        v, _ = flat.state(ctx, "exp_avg_sq")
+        m_new = torch.lerp(m.expand_as(g), g, 1 - b1) if m is not None else g * (1 - b1)
+        v_new = g.mul_(g).mul_(1 - b2)  # g is no longer needed: v' = b2 v + (1 - b2) g^2, in its memory
+        if v is not None:
+            v_new.add_(v * b2)
+        steps = [float(ctx.optimizer_state(p).get("step", 0.0)) + 1 for p in flat.params]
+        k = flat.per_element(steps, theta)
+        bc1 = 1 - b1**k
+        bc2_sqrt = (1 - b2**k) ** 0.5
+        if group.get("amsgrad", False):
+            v_max, _ = flat.state(ctx, "max_exp_avg_sq")
+            if v_max is not None:
+                torch.maximum(v_new, v_max, out=v_new)
+        direction = m_new.div_(v_new.sqrt_().div_(bc2_sqrt).add_(eps))
+        if isinstance(bc1, float):
+            return theta, theta_eff, direction, lr / bc1
+        return theta, theta_eff, direction.mul_(lr / bc1), 1.0
+    raise Unsupported(f"the lookahead implements SGD and Adam/AdamW, not {type(opt).__name__}")
+
+
+def virtual_parameters(ctx: StepContext, flat: FlatParams, grads: torch.Tensor) -> torch.Tensor:
+    """``(P, D)``: row ``p`` = the parameters after the optimiser's step from gradient ``grads[p]`` alone."""
+    _, theta_eff, direction, scale = _terms(ctx, flat, grads)
+    return direction.mul_(-scale).add_(theta_eff)
+
+
+def virtual_update(ctx: StepContext, flat: FlatParams, grads: torch.Tensor) -> torch.Tensor:
+    """``(P, D)``: row ``p`` = ``theta - theta'_p``, the step the optimiser would take from ``grads[p]`` alone
+    (computed directly, without the cancellation of subtracting two nearby parameter vectors)."""
+    theta, theta_eff, direction, scale = _terms(ctx, flat, grads)
+    update = direction.mul_(scale) if scale != 1.0 else direction
+    if theta_eff is not theta:
+        update.add_(theta - theta_eff)
+    return update
+
+
+def _batched_buffers(buffers: Mapping[str, torch.Tensor], rows: int | None) -> dict[str, torch.Tensor]:
+    """Fresh copies of the model's buffers (``rows`` copies stacked, or one), for train-mode forwards that write
+    running statistics: the real model's buffers stay untouched."""
+    if rows is None:
+        return {n: b.clone() for n, b in buffers.items()}
+    return {n: b.unsqueeze(0).expand(rows, *b.shape).clone() for n, b in buffers.items()}
+
+
+def lookahead_losses_loop(ctx: StepContext, replaced: Mapping[str, torch.Tensor],
+                          fixed: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """Slow reference and fallback of :meth:`Lookahead.losses`: a Python loop of ``P`` calls of
+    ``ctx.losses_with`` (one full forward each)."""
+    rows = next(iter(replaced.values())).shape[0]
+    out = []
+    with torch.no_grad():
+        for p in range(rows):
+            params = {**(fixed or {}), **{n: v[p] for n, v in replaced.items()},
+                      **_batched_buffers(dict(ctx.model.named_buffers()), None)}
+            losses = ctx.losses_with(params, train_mode=True)
+            out.append(torch.stack([losses[t] for t in ctx.group]))
+    return torch.stack(out)
+
+
+class Lookahead:
+    """Batched re-evaluation of the task losses under ``P`` replacement parameter sets (see the module
+    docstring). One instance per training: it remembers a fallback to the loop."""
+
+    def __init__(self) -> None:
+        self.fallback: str | None = None
+        self.calls = 0
+        self._buffers: tuple[nn.Module, dict[str, torch.Tensor]] | None = None
+        self._tied = True
+
+    def losses(self, ctx: StepContext, replaced: Mapping[str, torch.Tensor],
+               fixed: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """``(P, n)``: row ``p`` holds every task's loss (``ctx.group`` order) on this step's batch with
+        ``replaced[name][p]`` (and ``fixed[name]`` for every row) substituted; train mode; no gradients."""
+        self.calls += 1
+        if self.fallback is None:
+            try:
+                return self._vmapped(ctx, replaced, dict(fixed or {}))
+            except Exception as exc:  # noqa: BLE001 -- the loop below re-raises a genuine error of the model
+                self.fallback = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        return lookahead_losses_loop(ctx, replaced, fixed)
+
+    def _vmapped(self, ctx: StepContext, replaced: Mapping[str, torch.Tensor], fixed: dict) -> torch.Tensor:
+        loop = ctx._trainer  # the trainer's own loss functions and mode switch (no public need for them)
+        model, batch, group = ctx.model, ctx.batch, ctx.group
+        if self._buffers is None or self._buffers[0] is not model:
+            # buffers are updated in place (running statistics, load_state_dict): the references stay valid
+            self._buffers = (model, dict(model.named_buffers()))
+            # functional_call's handling of tied weights walks the module tree on every call (a third of the
+            # call's time on a small model); only a model that ties weights needs it
+            self._tied = len(dict(model.named_parameters(remove_duplicate=False))) != len(list(model.parameters()))
+        rows = next(iter(replaced.values())).shape[0]
+        batched = {**replaced, **_batched_buffers(self._buffers[1], rows)} if self._buffers[1] else replaced
+        loss_fns, tied = loop.loss_fns, self._tied
+
+        def one(params: dict, constant: dict) -> torch.Tensor:
+            out = torch.func.functional_call(model, (params, constant), (batch.inputs,), strict=False,
+                                             tie_weights=tied)
+            return torch.stack([loss_fns[t](out[t], batch.targets[t]) for t in group])
+
+        loop.set_mode(True)
+        with torch.inference_mode():
+            return torch.func.vmap(one, in_dims=(0, None), randomness="error")(batched, fixed)
+
+
+class GradientCallback(SignalCallback):
+    """Base of the callbacks that read per-task gradients of the shared parameters (tag, cs, transfer_gain,
+    etap): asks the trainer to keep what the batched gradient computation needs, flattens the gradients and
+    counts their cost (n backward passes where the plain step does 1: ``n - 1`` extra per observed step)."""
+
+    wants_task_gradients = True
+
+    def __init__(self, tasks, every: int = 1) -> None:
+        super().__init__(tasks, every)
+        self.shared: FlatParams | None = None
+        self.lookahead = Lookahead()
+        self.gradient_method: str | None = None
+        self.gradient_fallback: str | None = None
+
+    def on_train_start(self, group, model, optimizer) -> None:
+        if tuple(group) != self.tasks:
+            raise UsageError(f"this callback was built for tasks {self.tasks}, the training has {tuple(group)}")
+        self.shared = FlatParams(model.shared_parameters())
+        if self.shared.size == 0:
+            raise Unsupported("the model's encoder has no parameters: there is nothing shared to measure")
+        self.lookahead = Lookahead()
+
+    def gradients(self, ctx: StepContext) -> tuple[TaskGradients, torch.Tensor]:
+        """This step's per-task gradients and the ``(n, D)`` matrix of their shared part (group order)."""
+        grads = self.task_gradients(ctx)
+        return grads, self.shared.flatten(grads.shared)
+
+    def task_gradients(self, ctx: StepContext) -> TaskGradients:
+        """This step's per-task gradients (stacked), counted."""
+        grads = ctx.stacked_task_gradients()
+        self.gradient_method = grads.method
+        self.gradient_fallback = getattr(ctx._trainer, "gradient_fallback", None)
+        self.extra_backward += len(ctx.group) - 1
+        return grads
+
+    @staticmethod
+    def step_losses(ctx: StepContext) -> torch.Tensor:
+        """The step's per-task losses at the current parameters (group order), without their graph."""
+        return torch.stack([ctx.losses[t].detach() for t in ctx.group])
+
+    def info(self) -> dict:
+        out = super().info()
+        if self.gradient_method is not None:
+            out["task_gradients"] = self.gradient_method
+            if self.gradient_fallback is not None:
+                out["task_gradients_fallback"] = self.gradient_fallback
+        if self.lookahead.calls:
+            out["lookahead"] = "vmap" if self.lookahead.fallback is None else "loop"
+            if self.lookahead.fallback is not None:
+                out["lookahead_fallback"] = self.lookahead.fallback
+        return out
+
+
+__all__ = ["FlatParams", "GradientCallback", "Lookahead", "lookahead_losses_loop", "virtual_parameters",
+           "virtual_update"]

@@ -1,0 +1,113 @@
+"""Transfer gain ("Towards principled task grouping for multi-task learning", Definition 3, Eq. 3, 4, 7).
+
+At an observed step ``t`` with batch ``X``, for tasks ``i != j``:
+
+    S[i -> j] = 1 - L_j(X, phi_{i,j}^{t+1}, theta_j^{t+1}) / L_j(X, phi_j^{t+1}, theta_j^{t+1})       (Eq. 3)
+
+- ``phi_{i,j}^{t+1}``: the shared (encoder) parameters after a virtual optimiser step on ``L_i + L_j``
+  (gradient ``g_i + g_j``), ``phi_j^{t+1}`` after a virtual step on ``L_j`` alone (the optimiser's update from
+  its current state, :mod:`bench.signals._lookahead`: SGD with momentum and weight decay, or Adam);
+- ``theta_j^{t+1}``: task ``j``'s head after its own virtual step (its gradient depends on ``L_j`` only, so this
+  is the step the training is about to take).
+
+``matrix[j, i] = S[i -> j]`` (row = recipient ``j``, the convention of every signal), averaged over the steps that
+observed the pair (Eq. 7, the cumulative transfer gain). **Diagonal**: 0, which is Eq. 4 with ``A = {j}``
+(``phi_{A u {j}} = phi_{j}``); it is not a measurement.
+
+Cost (Section 4.3, Appendix E): the ``n(n-1)/2`` pair steps and ``n`` single steps share the per-task gradients
+(one batched backward: ``n - 1`` extra backward passes); the ``n(n+1)/2`` parameter sets are evaluated in one
+``vmap`` call (counted as ``n(n+1)/2`` extra forward passes; each evaluates every task's loss, so ``S[i -> j]``
+and ``S[j -> i]`` come from the same pair set: the paper counts ``n^2 + n`` loss evaluations).
+
+Efficiency options (Section 4.3 and Appendix E):
+
+- ``sample``: at each observed step draw ``T ~ Unif{1, ..., n}`` and a uniformly random subset of ``T`` tasks
+  (from a private generator seeded by the signal's seed, ``bench.seeding.rng(seed, "transfer_gain")``); only the
+  pairs inside the subset are evaluated (``T(T+1)/2`` parameter sets); ``T = 1`` observes nothing that step (no
+  per-task gradients are asked for, so it costs nothing). Entries are averaged over the steps that observed them.
+- ``every`` (lazy collection): observe one step in ``every``.
+
+Ambiguities resolved here: ``L_j`` is the training loss on the step's batch in train mode (the paper allows a
+metric); the loss is re-evaluated with every task's head replaced by its virtual step (a head only enters its own
+task's loss); a pair never observed under sampling makes the result an error (train longer or sample less
+sparsely) rather than a silent 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from bench.seeding import rng
+from bench.signals._lookahead import FlatParams, GradientCallback, virtual_parameters
+from bench.signals.base import TrainingSignal
+from bench.types import make_group
+
+
+class TransferGainCallback(GradientCallback):
+    def __init__(self, tasks, every: int = 1, sample: bool = False, seed: int = 0) -> None:
+        super().__init__(tasks, every)
+        self.sample = sample
+        self.seed = seed
+        self.gen = rng(seed, "transfer_gain")
+        self.heads: FlatParams | None = None
+        self.pairs_evaluated = 0
+
+    def on_train_start(self, group, model, optimizer):
+        super().on_train_start(group, model, optimizer)
+        self.gen = rng(self.seed, "transfer_gain")
+        self.heads = FlatParams({k: p for t in group for k, p in model.task_parameters(t).items()})
+
+    def subset(self, n: int) -> np.ndarray:
+        if not self.sample:
+            return np.arange(n)
+        size = int(self.gen.integers(1, n + 1))
+        return np.sort(self.gen.choice(n, size=size, replace=False))
+
+    def step_matrix(self, ctx):
+        n = len(ctx.group)
+        members = self.subset(n)
+        size = len(members)
+        if size < 2:
+            return None
+        grads, flat = self.gradients(ctx)
+        src, dst = np.triu_indices(size, k=1)
+        first, second = members[src], members[dst]  # every unordered pair of the subset
+        pick = np.zeros((size + len(first), n), dtype=np.float32)
+        pick[np.arange(size), members] = 1.0  # singles: g_j
+        pick[size + np.arange(len(first)), first] = 1.0  # pairs: g_i + g_j (exact: the other terms are zeros)
+        pick[size + np.arange(len(first)), second] = 1.0
+        sets = torch.from_numpy(pick).to(dtype=flat.dtype, device=flat.device) @ flat  # one product, one tensor
+        shared = self.shared.unflatten(virtual_parameters(ctx, self.shared, sets))
+        head_grads = self.heads.flatten({k: g.unsqueeze(0) for k, g in grads.heads.items()})
+        heads = {k: v[0] for k, v in self.heads.unflatten(virtual_parameters(ctx, self.heads, head_grads)).items()}
+        after = self.lookahead.losses(ctx, shared, heads).cpu().numpy().astype(np.float64)  # (P, n)
+        self.extra_forward += after.shape[0]
+        self.pairs_evaluated += len(first)
+        alone = after[np.arange(size), members]  # L_j(phi_j, theta_j') for j in the subset
+        base = {int(t): alone[k] for k, t in enumerate(members)}
+        rows = size + np.arange(len(first))
+        out = np.full((n, n), np.nan)
+        out[members, members] = 0.0
+        out[second, first] = 1.0 - after[rows, second] / np.array([base[int(t)] for t in second])  # S[i -> j]
+        out[first, second] = 1.0 - after[rows, first] / np.array([base[int(t)] for t in first])  # S[j -> i]
+        return out
+
+    def info(self):
+        return {**super().info(), "sample": self.sample, "pairs_evaluated": self.pairs_evaluated}
+
+
+class TransferGain(TrainingSignal):
+    """Transfer gain of Definition 3 with optional sampling and lazy collection (see the module docstring)."""
+
+    name = "transfer_gain"
+    version = "1"
+    defaults = {"every": 1, "sample": False}
+    parameters = {"every": [1, 10], "sample": [False, True]}
+    test_parameters = {"every": 1, "sample": False}
+
+    def callback(self, problem, seed):
+        return TransferGainCallback(make_group(problem.task_names), self.every, self.sample, seed)
+
+    def finish(self, callback):
+        return callback.matrix(default_diagonal=0.0)

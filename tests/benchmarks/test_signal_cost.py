@@ -1,0 +1,79 @@
+"""What the training signals cost against plain training (:mod:`bench.signal_perf`).
+
+One benchmark per variant (a fixed-length training of the 9-task problem of :func:`bench.signal_perf.cost_problem`
+with the signal's callback), and an interleaved comparison in the same run (``signal_costs``) whose ratios go to
+the benchmark's ``extra_info`` and are printed. The targets (ETAP <= 1.10x plain, TAG <= 2x plain at 9 tasks,
+sampled transfer gain below TAG) are reported, not asserted: where one is missed the module docstring of
+``bench.signal_perf`` says why.
+
+Run: ``pytest tests/benchmarks/test_signal_cost.py --benchmark-only``; under ``--benchmark-disable`` every test
+runs once as a plain check.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bench.signal_perf import cost_problem, signal_costs, variants, write_signal_report
+
+PROBLEM = cost_problem(9, steps=64)
+GROUP = PROBLEM.task_names
+MAKERS = variants(tuple(sorted(GROUP)), seed=0)
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("variant", list(MAKERS))
+def test_benchmark_training_with_signal(benchmark, one_thread, variant):
+    benchmark.group = "signal-cost"
+
+    def run():
+        callbacks = MAKERS[variant]()
+        result = PROBLEM.train(GROUP, 0, callbacks=callbacks)
+        return result, callbacks
+
+    result, callbacks = benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
+    assert math.isfinite(sum(result.val_loss.values()))
+    if callbacks:
+        assert callbacks[0].steps > 0
+        benchmark.extra_info.update({k: v for k, v in callbacks[0].info().items() if isinstance(v, (int, str))})
+
+
+def test_signal_cost_ratios(benchmark, capsys):
+    benchmark.group = "signal-cost-ratio"
+    repeats = 1 if benchmark.disabled else 5
+    rows = benchmark.pedantic(lambda: signal_costs(steps=64, repeats=repeats), rounds=1, iterations=1)
+    benchmark.extra_info.update({r["variant"]: round(r["ratio"], 3) for r in rows})
+    with capsys.disabled():  # shown even without -s
+        print("\nsignal cost (ratio to plain training, 9 tasks, 64 steps): " + ", ".join(
+            f"{r['variant']} {r['ratio']:.2f}x" + (f" [{r['target']}: {r['met']}]" if r["target"] else "")
+            for r in rows))
+    assert rows[0]["variant"] == "plain" and rows[0]["ratio"] == 1.0
+
+
+def test_signal_costs_quick_shape(tmp_path):
+    rows = signal_costs(quick=True)
+    labels = [r["variant"] for r in rows]
+    assert labels == ["plain", "tag", "cs", "transfer_gain", "transfer_gain[sample=true]", "etap",
+                      "tag (naive loop)"]
+    for r in rows:
+        assert r["seconds"] > 0 and math.isfinite(r["ratio"]) and r["steps"] == 8
+    by = {r["variant"]: r for r in rows}
+    assert by["etap"]["extra_forward"] == 0 and by["etap"]["extra_backward"] == 8 * 8
+    assert by["tag"]["extra_forward"] == by["tag (naive loop)"]["extra_forward"] == 9 * 8
+    assert by["transfer_gain"]["extra_forward"] == 45 * 8
+    assert {by["etap"]["target"], by["tag"]["target"], by["transfer_gain[sample=true]"]["target"]} == {
+        "<= 1.10x plain", "<= 2x plain", "< tag"}
+    paths = write_signal_report(rows, tmp_path)
+    assert [p.name for p in paths] == ["signal_costs.csv", "signal_costs.md"]
+    text = paths[1].read_text()
+    assert "| variant" in text and "tag (naive loop)" in text

@@ -1,0 +1,663 @@
+"""Training signals (tag, cs, transfer_gain, etap), their shared lookahead machinery and the trainer's batched
+per-task gradients.
+
+Every batched computation is checked against an independent slow implementation: a deep copy of the model and of
+the optimiser, a real ``optimizer.step()`` per virtual step and a Python loop over tasks and pairs, in float64 on
+a tiny model, for SGD (momentum + weight decay) and Adam (weight decay), on the first step and on later steps
+(momentum buffers and moments non-empty), for a shared-input model with batch norm in the encoder and for the
+per-task-input layout. On a synthetic problem with strongly planted clusters, every signal ranks every
+within-cluster pair above every cross-cluster pair.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bench import registry
+from bench.dataset import TrainedProblem
+from bench.errors import Unsupported
+from bench.metrics import loss_fn
+from bench.signals import _lookahead as la
+from bench.signals.base import TrainingSignal
+from bench.signals.cs import CosineCallback
+from bench.signals.etap import EtapCallback
+from bench.signals.tag import TagCallback
+from bench.signals.transfer_gain import TransferGainCallback
+from bench.trainer import Callback, MTLModel, Split, TaskData, TrainConfig
+from bench.types import Task
+
+SIGNALS = ("tag", "cs", "transfer_gain", "etap")
+TASKS3 = ("a", "b", "c")
+DT = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: these tiny models gain nothing from two, and an oversubscribed machine makes small
+    batched matmuls wait for the second thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------------------------ tiny problems
+
+
+def _tasks(names):
+    return {t: Task(t, kind="regression", metric="mse", higher_is_better=False, loss="mse") for t in names}
+
+
+def tiny_data(layout: str, names=TASKS3, dim: int = 5, seed: int = 0) -> TaskData:
+    """float64 data; ``shared``: one input tensor for all tasks; ``per_task``: different sample counts."""
+    gen = torch.Generator().manual_seed(seed)
+    w = {t: torch.randn(dim, generator=gen, dtype=DT) for t in names}
+
+    def split(sizes):
+        if layout == "shared":
+            x = torch.randn(sizes[0], dim, generator=gen, dtype=DT)
+            xs = dict.fromkeys(names, x)
+        else:
+            xs = {t: torch.randn(s, dim, generator=gen, dtype=DT) for t, s in zip(names, sizes)}
+        ys = {t: torch.tanh(xs[t] @ w[t]) + 0.1 * torch.randn(xs[t].shape[0], generator=gen, dtype=DT)
+              for t in names}
+        return Split(xs, ys)
+
+    train = split([24] * len(names) if layout == "shared" else [16 + 4 * i for i in range(len(names))])
+    return TaskData(train, split([12] * len(names)), split([12] * len(names)))
+
+
+def tiny_factory(batch_norm: bool = True, dim: int = 5):
+    def factory(group):
+        layers = [nn.Linear(dim, 8)] + ([nn.BatchNorm1d(8)] if batch_norm else []) + [nn.Tanh(), nn.Linear(8, 4)]
+        return MTLModel(nn.Sequential(*layers).to(DT), {t: nn.Linear(4, 1).to(DT) for t in group})
+
+    return factory
+
+
+OPTIMIZERS = {
+    "sgd": {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-2},
+    "adam": {"optimizer": "adam", "lr": 0.01, "weight_decay": 1e-2},
+}
+
+
+def tiny_problem(layout: str, optimizer: str, epochs: int = 2, batch_norm: bool = True) -> TrainedProblem:
+    config = TrainConfig(epochs=epochs, batch_size=8, patience=None, **OPTIMIZERS[optimizer])
+    return TrainedProblem(list(_tasks(TASKS3).values()), "synthetic", {"name": f"tiny-{layout}"},
+                          tiny_data(layout), tiny_factory(batch_norm), config)
+
+
+# ----------------------------------------------------------------------------------- slow, independent references
+
+
+def _copy(ctx):
+    """A deep copy of the model and a fresh optimiser of the same kind holding a copy of the current state."""
+    model = copy.deepcopy(ctx.model)
+    optimizer = type(ctx.optimizer)(model.parameters(), **ctx.optimizer.defaults)
+    optimizer.load_state_dict(copy.deepcopy(ctx.optimizer.state_dict()))
+    return model, optimizer
+
+
+def _losses(model, ctx) -> np.ndarray:
+    model.train()
+    with torch.no_grad():
+        out = model(ctx.batch.inputs)
+    return np.array([float(loss_fn("mse")(out[t], ctx.batch.targets[t])) for t in ctx.group])
+
+
+def _independent_gradients(ctx):
+    """Per task: gradients of the task's loss w.r.t. the encoder and to its own head, from a fresh forward of a copy
+    and one backward per task."""
+    model = copy.deepcopy(ctx.model)
+    model.train()
+    out = model(ctx.batch.inputs)
+    shared, heads = {}, {}
+    for t in ctx.group:
+        loss = loss_fn("mse")(out[t], ctx.batch.targets[t])
+        enc = list(model.encoder.parameters())
+        own = list(model.heads[t].parameters())
+        grads = torch.autograd.grad(loss, enc + own, retain_graph=True)
+        shared[t] = [g.detach() for g in grads[: len(enc)]]
+        heads[t] = [g.detach() for g in grads[len(enc):]]
+    return shared, heads
+
+
+def _stepped(ctx, encoder_grads, head_grads: dict | None = None):
+    """A copy after one real optimiser step with the given gradients (parameters without one do not move)."""
+    model, optimizer = _copy(ctx)
+    optimizer.zero_grad(set_to_none=True)
+    for p, g in zip(model.encoder.parameters(), encoder_grads):
+        p.grad = g.clone()
+    for t, grads in (head_grads or {}).items():
+        for p, g in zip(model.heads[t].parameters(), grads):
+            p.grad = g.clone()
+    optimizer.step()
+    return model
+
+
+def _flat(tensors) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def reference_tag(ctx) -> np.ndarray:
+    shared, _ = _independent_gradients(ctx)
+    before = np.array([float(ctx.losses[t].detach()) for t in ctx.group])
+    n = len(ctx.group)
+    out = np.zeros((n, n))
+    for j, source in enumerate(ctx.group):
+        after = _losses(_stepped(ctx, shared[source]), ctx)
+        out[:, j] = (1 - after / before) / ctx.lr
+    return out
+
+
+def reference_etap(ctx) -> np.ndarray:
+    shared, _ = _independent_gradients(ctx)
+    before = np.array([float(ctx.losses[t].detach()) for t in ctx.group])
+    theta = _flat(p.detach() for p in ctx.model.encoder.parameters())
+    n = len(ctx.group)
+    out = np.zeros((n, n))
+    for i, source in enumerate(ctx.group):
+        update = theta - _flat(p.detach() for p in _stepped(ctx, shared[source]).encoder.parameters())
+        for j, recipient in enumerate(ctx.group):
+            out[j, i] = float(_flat(shared[recipient]) @ update) / (before[j] * ctx.lr)
+    return out
+
+
+def reference_cs(ctx) -> np.ndarray:
+    shared, _ = _independent_gradients(ctx)
+    kept = [k for k, p in enumerate(ctx.model.encoder.parameters()) if p.ndim > 1]
+    vec = {t: _flat(shared[t][k] for k in kept) for t in ctx.group}
+    n = len(ctx.group)
+    out = np.eye(n)
+    for (i, a), (j, b) in itertools.permutations(enumerate(ctx.group), 2):
+        out[i, j] = float(vec[a] @ vec[b] / (vec[a].norm() * vec[b].norm()))
+    return out
+
+
+def reference_transfer_gain(ctx, members=None) -> np.ndarray:
+    shared, heads = _independent_gradients(ctx)
+    n = len(ctx.group)
+    members = range(n) if members is None else members
+    out = np.full((n, n), np.nan)
+    for j in members:
+        recipient = ctx.group[j]
+        alone = _losses(_stepped(ctx, shared[recipient], {recipient: heads[recipient]}), ctx)[j]
+        out[j, j] = 0.0
+        for i in members:
+            if i == j:
+                continue
+            source = ctx.group[i]
+            both = [a + b for a, b in zip(shared[source], shared[recipient])]
+            paired = _losses(_stepped(ctx, both, {recipient: heads[recipient]}), ctx)[j]
+            out[j, i] = 1 - paired / alone
+    return out
+
+
+REFERENCES = {"tag": reference_tag, "cs": reference_cs, "transfer_gain": reference_transfer_gain,
+              "etap": reference_etap}
+CALLBACKS = {"tag": TagCallback, "cs": CosineCallback, "transfer_gain": TransferGainCallback, "etap": EtapCallback}
+
+
+class Compare(Callback):
+    """At chosen steps, the signal callback's step matrix beside the slow reference's (computed first, on copies)."""
+
+    wants_task_gradients = True
+
+    def __init__(self, inner, reference, steps):
+        self.inner, self.reference, self.steps = inner, reference, set(steps)
+        self.pairs = []
+
+    def on_train_start(self, group, model, optimizer):
+        self.inner.on_train_start(group, model, optimizer)
+
+    def before_step(self, ctx):
+        if ctx.step in self.steps:
+            buffers = {k: b.clone() for k, b in ctx.model.named_buffers()}
+            want = self.reference(ctx)
+            got = self.inner.step_matrix(ctx)
+            self.pairs.append((ctx.step, got, want))
+            for k, b in ctx.model.named_buffers():  # the lookahead leaves running statistics alone
+                assert torch.equal(b, buffers[k]), k
+
+
+# ----------------------------------------------------------------------------------------------- registration
+
+
+@pytest.mark.parametrize("name", SIGNALS)
+def test_registered_with_parameters_and_docstring(name):
+    cls = registry.components("signal")[name]
+    assert issubclass(cls, TrainingSignal) and cls.name == name and cls.during_training
+    assert "every" in cls.defaults and set(cls.test_parameters) <= set(cls.defaults)
+    doc = (cls.__doc__ or "") + (__import__(cls.__module__, fromlist=["x"]).__doc__ or "")
+    assert "Diagonal" in doc or "diagonal" in doc
+
+
+@pytest.mark.parametrize("name", SIGNALS)
+def test_non_trainable_problem_is_unsupported(name):
+    problem = registry.create("dataset", "taskonomy").load("smoke")
+    with pytest.raises(Unsupported):
+        registry.create("signal", name).compute(problem, seed=0)
+
+
+# ------------------------------------------------------------------------------------- the trainer's gradients
+
+
+@pytest.mark.parametrize("layout", ["shared", "per_task"])
+def test_batched_task_gradients_equal_the_loop(layout):
+    problem = tiny_problem(layout, "adam")
+    seen = []
+
+    class Check(Callback):
+        wants_task_gradients = True
+
+        def before_step(self, ctx):
+            loop = ctx._trainer
+            loops = loop.task_gradient_stack(ctx.losses, None, method="loop")
+            for parts, method in ((ctx._parts, "two_stage"), (None, "batched")):
+                got = loop.task_gradient_stack(ctx.losses, parts, method="batched")
+                assert got.method == method
+                for k, g in loops.shared.items():
+                    torch.testing.assert_close(got.shared[k], g, rtol=1e-10, atol=1e-12)
+                for k, g in loops.heads.items():
+                    torch.testing.assert_close(got.heads[k], g, rtol=1e-10, atol=1e-12)
+            per_task = loop.per_task_gradients(ctx.losses, ctx._parts)
+            for i, t in enumerate(ctx.group):
+                assert set(per_task[t]) == set(ctx.shared_parameters()) | set(ctx.task_parameters(t))
+                for k in ctx.shared_parameters():
+                    torch.testing.assert_close(per_task[t][k], loops.shared[k][i])
+            seen.append(ctx.step)
+
+    problem.train(TASKS3, seed=0, callbacks=[Check()])
+    assert len(seen) == 6
+
+
+@pytest.mark.parametrize("wants", [True, False])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("layout", ["shared", "per_task"])
+def test_training_with_task_gradients_matches_plain_training(layout, optimizer, wants):
+    """The update from the summed per-task gradients equals the plain backward's (no extra pass, same weights)."""
+    problem = tiny_problem(layout, optimizer, epochs=3)
+    models = {}
+
+    class Keep(Callback):
+        wants_task_gradients = wants
+
+        def __init__(self, ask):
+            self.ask = ask
+
+        def on_train_start(self, group, model, optimizer):
+            models[self.ask] = model
+
+        def before_step(self, ctx):
+            if self.ask:
+                ctx.task_gradients()
+
+    plain = problem.train(TASKS3, seed=3, callbacks=[Keep(False)])
+    asked = problem.train(TASKS3, seed=3, callbacks=[Keep(True)])
+    for (k, a), (_, b) in zip(models[True].state_dict().items(), models[False].state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=k)
+    assert asked.val_loss == pytest.approx(plain.val_loss, rel=1e-9)
+
+
+class _ItemInBackward(torch.autograd.Function):
+    """Identity whose backward reads a Python number from the gradient: batching (vmap) cannot run it."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float(grad.abs().sum().item() >= 0)
+
+
+class _ItemLayer(nn.Module):
+    def forward(self, x):
+        return _ItemInBackward.apply(x)
+
+
+def test_task_gradients_fall_back_to_the_loop_where_batching_fails():
+    base = tiny_problem("per_task", "sgd")
+
+    def factory(group):
+        model = tiny_factory()(group)
+        model.encoder = nn.Sequential(model.encoder[0], _ItemLayer(), *model.encoder[1:])
+        return model
+
+    problem = TrainedProblem(base.tasks, "synthetic", {"name": "tiny-item-grad"}, base.task_data, factory,
+                             base.config)
+    compare = Compare(EtapCallback(TASKS3), reference_etap, steps=[0, 3])
+    problem.train(TASKS3, seed=0, callbacks=[compare])
+    for _, got, want in compare.pairs:
+        np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-9)
+    info = compare.inner.info()
+    assert info["task_gradients"] == "loop" and "item" in info["task_gradients_fallback"].lower()
+
+
+# ------------------------------------------------------------------------------------------ virtual optimiser
+
+
+@pytest.mark.parametrize("kind", ["sgd", "sgd_nesterov", "sgd_dampening", "adam", "adamw", "adam_amsgrad",
+                                  "sgd_maximize"])
+def test_virtual_step_equals_a_real_optimizer_step(kind):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)).to(DT)
+    params = dict(model.named_parameters())
+    make = {
+        "sgd": lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.01),
+        "sgd_nesterov": lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+        "sgd_dampening": lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.5, dampening=0.3),
+        "sgd_maximize": lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, maximize=True),
+        "adam": lambda ps: torch.optim.Adam(ps, lr=0.01, weight_decay=0.01),
+        "adamw": lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.1),
+        "adam_amsgrad": lambda ps: torch.optim.Adam(ps, lr=0.01, amsgrad=True),
+    }[kind]
+    optimizer = make(model.parameters())
+
+    class Ctx:  # what the virtual step reads from a StepContext
+        def __init__(self, opt):
+            self.optimizer = opt
+
+        def optimizer_state(self, p):
+            return self.optimizer.state.get(p, {})
+
+    flat = la.FlatParams(params)
+    x = torch.randn(6, 4, dtype=DT)
+    for step in range(4):  # step 0: empty state; later: momentum buffers / moments in use
+        grads = torch.randn(3, flat.size, dtype=DT)
+        ahead = la.virtual_parameters(Ctx(optimizer), flat, grads)
+        update = la.virtual_update(Ctx(optimizer), flat, grads)
+        for row in range(3):
+            twin = copy.deepcopy(model)
+            opt = make(twin.parameters())
+            opt.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+            for p, g in zip(twin.parameters(), flat.unflatten(grads[row: row + 1]).values()):
+                p.grad = g[0].clone()
+            opt.step()
+            after = _flat(p.detach() for p in twin.parameters())
+            torch.testing.assert_close(ahead[row], after, rtol=1e-12, atol=1e-14)
+            torch.testing.assert_close(update[row], flat.values() - after, rtol=1e-9, atol=1e-14)
+        # advance the real optimiser with some gradient, as a training would
+        optimizer.zero_grad()
+        model(x).pow(2).sum().backward()
+        optimizer.step()
+
+
+def test_unsupported_optimizer():
+    model = nn.Linear(2, 1)
+    opt = torch.optim.RMSprop(model.parameters())
+
+    class Ctx:
+        optimizer = opt
+
+        def optimizer_state(self, p):
+            return {}
+
+    with pytest.raises(Unsupported, match="RMSprop"):
+        la.virtual_parameters(Ctx(), la.FlatParams(dict(model.named_parameters())), torch.zeros(1, 3))
+
+
+# --------------------------------------------------------------------------------------- batched lookahead
+
+
+class _Item(nn.Module):
+    """Data-dependent Python control flow: ``.item()`` cannot run under vmap."""
+
+    def forward(self, x):
+        return x * 2.0 if float(x.sum().item()) < 1e9 else x
+
+
+@pytest.mark.parametrize("layout", ["shared", "per_task"])
+def test_batched_lookahead_equals_the_loop_and_leaves_buffers(layout):
+    problem = tiny_problem(layout, "sgd")
+    checked = []
+
+    class Check(Callback):
+        def before_step(self, ctx):
+            shared = ctx.shared_parameters()
+            gen = torch.Generator().manual_seed(ctx.step)
+            replaced = {k: p.detach() + 0.1 * torch.randn(4, *p.shape, generator=gen, dtype=DT)
+                        for k, p in shared.items()}
+            fixed = {k: p.detach() + 0.5 for k, p in ctx.task_parameters("b").items()}
+            buffers = {k: b.clone() for k, b in ctx.model.named_buffers()}
+            look = la.Lookahead()
+            got = look.losses(ctx, replaced, fixed)
+            assert look.fallback is None and got.shape == (4, 3)
+            want = la.lookahead_losses_loop(ctx, replaced, fixed)
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+            for k, b in ctx.model.named_buffers():
+                assert torch.equal(b, buffers[k]), k
+            checked.append(ctx.step)
+
+    problem.train(TASKS3, seed=0, callbacks=[Check()])
+    assert len(checked) == 6
+
+
+def test_lookahead_falls_back_to_the_loop_where_vmap_cannot_run():
+    base = tiny_problem("shared", "adam")
+
+    def factory(group):
+        model = tiny_factory(batch_norm=False)(group)
+        model.encoder = nn.Sequential(*model.encoder, _Item())
+        return model
+
+    problem = TrainedProblem(base.tasks, "synthetic", {"name": "tiny-item"}, base.task_data, factory, base.config)
+    compare = Compare(TagCallback(TASKS3), reference_tag, steps=[1, 3])
+    problem.train(TASKS3, seed=0, callbacks=[compare])
+    for _, got, want in compare.pairs:
+        np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-10)
+    info = compare.inner.info()
+    assert info["lookahead"] == "loop" and "item" in info["lookahead_fallback"].lower()
+
+
+# ---------------------------------------------------------------------- each signal against its slow reference
+
+
+@pytest.mark.parametrize("layout", ["shared", "per_task"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("name", SIGNALS)
+def test_signal_equals_slow_reference(name, optimizer, layout):
+    problem = tiny_problem(layout, optimizer)
+    compare = Compare(CALLBACKS[name](TASKS3), REFERENCES[name], steps=[0, 2, 5])
+    problem.train(TASKS3, seed=1, callbacks=[compare])
+    assert [s for s, _, _ in compare.pairs] == [0, 2, 5]
+    for step, got, want in compare.pairs:
+        np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-9, err_msg=f"step {step}")
+        assert np.all(np.isfinite(got))
+    info = compare.inner.info()
+    assert info["task_gradients"] == "two_stage"
+    if name in ("tag", "transfer_gain"):
+        assert info["lookahead"] == "vmap"
+
+
+def test_compute_reorders_to_the_problem_and_counts_passes():
+    problem = tiny_problem("shared", "sgd")
+    n, steps = 3, 6
+    for name, forward in (("tag", n), ("cs", 0), ("etap", 0), ("transfer_gain", n * (n + 1) // 2)):
+        affinity = registry.create("signal", name).compute(problem, seed=0)
+        assert affinity.tasks == TASKS3 and affinity.matrix.shape == (3, 3)
+        assert affinity.info["steps"] == steps
+        assert affinity.info["extra_backward"] == (n - 1) * steps
+        assert affinity.info["extra_forward"] == forward * steps
+    assert np.allclose(np.diag(registry.create("signal", "cs").compute(problem, 0).matrix), 1.0)
+    assert np.allclose(np.diag(registry.create("signal", "transfer_gain").compute(problem, 0).matrix), 0.0)
+
+
+# --------------------------------------------------------------------------------------------------- ETAP
+
+
+def test_etap_is_the_first_order_expansion_of_tag():
+    """For a small learning rate TAG's lookahead (1 - L(theta - U)/L)/lr -> g . U / (L lr), ETAP's score."""
+    problem = tiny_problem("shared", "sgd")
+    problem.config = dataclasses.replace(problem.config, lr=1e-6)
+    both = []
+
+    class Both(Callback):
+        wants_task_gradients = True
+
+        def __init__(self):
+            self.tag, self.etap = TagCallback(TASKS3), EtapCallback(TASKS3)
+
+        def on_train_start(self, group, model, optimizer):
+            self.tag.on_train_start(group, model, optimizer)
+            self.etap.on_train_start(group, model, optimizer)
+
+        def before_step(self, ctx):
+            both.append((self.tag.step_matrix(ctx), self.etap.step_matrix(ctx)))
+
+    problem.train(TASKS3, seed=0, callbacks=[Both()])
+    for tag, etap in both:
+        np.testing.assert_allclose(tag, etap, rtol=1e-4, atol=1e-6 * np.abs(etap).max())
+
+
+def test_etap_asks_for_no_extra_forward():
+    problem = tiny_problem("per_task", "adam")
+    calls = {"n": 0}
+
+    def factory(group):
+        model = tiny_factory()(group)
+        model.encoder.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+        return model
+
+    problem = TrainedProblem(problem.tasks, "synthetic", {"name": "count"}, problem.task_data, factory,
+                             problem.config)
+    problem.train(TASKS3, seed=0)
+    plain = calls["n"]
+    calls["n"] = 0
+    affinity = registry.create("signal", "etap").compute(problem, seed=0)
+    assert calls["n"] == plain  # the training's own forwards and evaluations only
+    assert affinity.info["extra_forward"] == 0
+    assert affinity.info["extra_backward"] == 2 * affinity.info["steps"]
+
+
+# ------------------------------------------------------------------------------------ transfer gain options
+
+
+class Recording(TransferGainCallback):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.observed, self.matrices, self.subsets = [], [], []
+
+    def subset(self, n):
+        members = super().subset(n)
+        self.subsets.append(tuple(members))
+        return members
+
+    def step_matrix(self, ctx):
+        self.observed.append(ctx.step)
+        out = super().step_matrix(ctx)
+        if out is not None:
+            self.matrices.append(out)
+        return out
+
+
+def _sampled_problem():
+    problem = registry.create("dataset", "synthetic[clusters=[2,2,1],shared_inputs=true]").load("smoke")
+    problem.config = dataclasses.replace(problem.config, epochs=20, patience=None)
+    return problem
+
+
+def test_sampling_is_deterministic_and_averages_over_observing_steps():
+    problem = _sampled_problem()
+    names = tuple(sorted(problem.task_names))
+    runs = []
+    for seed in (4, 4, 5):
+        cb = Recording(names, sample=True, seed=seed)
+        problem.train(problem.task_names, seed=0, callbacks=[cb])
+        runs.append(cb)
+    first, again, other = runs
+    assert first.subsets == again.subsets and first.subsets != other.subsets
+    np.testing.assert_array_equal(first.matrix(0.0), again.matrix(0.0))
+    sizes = [len(s) for s in first.subsets]
+    assert set(sizes) == set(range(1, len(names) + 1))  # T ~ Unif{1..n}
+    assert first.steps == sum(s >= 2 for s in sizes) == len(first.matrices)  # T = 1 observes nothing
+    assert first.extra_backward == (len(names) - 1) * first.steps
+    assert first.extra_forward == sum(s * (s + 1) // 2 for s in sizes if s >= 2)
+    stack = np.array(first.matrices)
+    counts = (~np.isnan(stack)).sum(0)
+    np.testing.assert_array_equal(first.count, counts)
+    for s, m in zip([s for s in first.subsets if len(s) >= 2], first.matrices):  # only pairs inside the subset
+        inside = np.zeros_like(m, dtype=bool)
+        inside[np.ix_(s, s)] = True
+        assert np.array_equal(~np.isnan(m), inside)
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_allclose(first.matrix(0.0), np.where(counts > 0, np.nanmean(stack, 0), 0.0))
+
+
+def test_sampled_step_matches_the_reference_on_its_subset():
+    problem = tiny_problem("per_task", "adam", epochs=3)
+    cb = TransferGainCallback(TASKS3, sample=True, seed=2)
+    subsets = []
+
+    def reference(ctx):
+        state = copy.deepcopy(cb.gen.bit_generator.state)
+        members = cb.subset(3)
+        cb.gen.bit_generator.state = state  # the callback draws the same subset next
+        subsets.append(tuple(members))
+        return reference_transfer_gain(ctx, members) if len(members) >= 2 else None
+
+    compare = Compare(cb, reference, steps=range(9))
+    problem.train(TASKS3, seed=0, callbacks=[compare])
+    assert any(len(s) >= 2 for s in subsets)
+    for _, got, want in compare.pairs:
+        if want is None:
+            assert got is None
+        else:
+            np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", SIGNALS)
+def test_every_observes_one_step_in_every(name):
+    problem = tiny_problem("shared", "sgd", epochs=3)  # 9 steps: 0..8
+    seen = []
+    cls = CALLBACKS[name]
+
+    class Watch(cls):
+        def step_matrix(self, ctx):
+            seen.append(ctx.step)
+            return super().step_matrix(ctx)
+
+    cb = Watch(TASKS3, every=4)
+    problem.train(TASKS3, seed=0, callbacks=[cb])
+    assert seen == [0, 4, 8] and cb.steps == 3
+    assert cb.extra_backward == 2 * 3
+
+
+# ------------------------------------------------------------------------------------------ planted clusters
+
+
+def _cluster_margin(matrix: np.ndarray, tasks, planted) -> float:
+    sym = (matrix + matrix.T) / 2
+    label = {t: c for c, group in enumerate(planted) for t in group}
+    within, cross = [], []
+    for i, j in itertools.combinations(range(len(tasks)), 2):
+        (within if label[tasks[i]] == label[tasks[j]] else cross).append(sym[i, j])
+    return min(within) - max(cross)
+
+
+@pytest.fixture(scope="module")
+def clustered():
+    """Two clusters of three tasks, each cluster one direction of a 4-d input; low noise, shared inputs, a
+    one-unit bottleneck, plain SGD: tasks of one cluster pull the bottleneck the same way, the other cluster's
+    pull is orthogonal to it, so within-cluster gradient alignment is positive and cross-cluster alignment is not
+    (plain SGD keeps the momentum/Adam history, common to all sources, out of the lookahead)."""
+    dataset = registry.create("dataset", "synthetic[clusters=[3,3],noise=0.1,shared_inputs=true,dim=4]")
+    settings = {"n_train": 256, "n_val": 64, "n_test": 64,
+                "train": {"epochs": 30, "batch_size": 64, "lr": 0.02, "optimizer": "sgd", "momentum": 0.0,
+                          "patience": None}}
+    return dataset.build(settings, "smoke", None)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("name", ["tag", "cs", "etap", "transfer_gain", "transfer_gain[sample=true]"])
+def test_within_cluster_pairs_rank_above_cross_cluster_pairs(clustered, name, seed):
+    affinity = registry.create("signal", name).compute(clustered, seed=seed)
+    margin = _cluster_margin(affinity.matrix, affinity.tasks, clustered.planted_groups)
+    assert margin > 0, (name, seed, affinity.matrix)
