@@ -214,7 +214,7 @@ def _cmd_list(args) -> int:
                 when = "training" if cls.during_training else "static"
                 print(f"  {name:<16} {when:<9} {doc[0] if doc else ''}")
                 continue
-            print(f"  {name:<14} {doc[0] if doc else ''}")
+            print(f"  {name:<18} {doc[0] if doc else ''}")
     return 0
 
 
