@@ -64,11 +64,12 @@ def test_signal_costs_quick_shape(tmp_path):
     rows = signal_costs(quick=True)
     labels = [r["variant"] for r in rows]
     assert labels == ["plain", "tag", "cs", "transfer_gain", "transfer_gain[sample=true]", "etap",
-                      "tag (naive loop)"]
+                      "tag (naive loop)", "tag[every=10]", "transfer_gain[sample=true,every=10]", "etap[every=10]"]
     for r in rows:
         assert r["seconds"] > 0 and math.isfinite(r["ratio"]) and r["steps"] == 8
     by = {r["variant"]: r for r in rows}
     assert by["etap"]["extra_forward"] == 0 and by["etap"]["extra_backward"] == 8 * 8
+    assert by["etap[every=10]"]["extra_backward"] == 8  # one observed step in 10: step 0 of the 8
     assert by["tag"]["extra_forward"] == by["tag (naive loop)"]["extra_forward"] == 9 * 8
     assert by["transfer_gain"]["extra_forward"] == 45 * 8
     assert {by["etap"]["target"], by["tag"]["target"], by["transfer_gain[sample=true]"]["target"]} == {
@@ -77,3 +78,12 @@ def test_signal_costs_quick_shape(tmp_path):
     assert [p.name for p in paths] == ["signal_costs.csv", "signal_costs.md"]
     text = paths[1].read_text()
     assert "| variant" in text and "tag (naive loop)" in text
+
+
+def test_sca_cost_quick_shape():
+    from bench.signal_perf import sca_cost
+
+    row = sca_cost(quick=True)
+    assert row["seconds"] > 0 and row["training_seconds"] > 0
+    assert row["ratio"] == pytest.approx(row["seconds"] / row["training_seconds"])
+    assert row["met"] in ("yes", "NO") and row["target"] == "< 5% of one training"
