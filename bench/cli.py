@@ -142,7 +142,6 @@ def _cmd_run(args) -> int:
     from bench.runner import Settings, run_suite
     from bench.suites import get_suite
     from bench.tables import write_tables
-    from bench.trainer import resolve_device
 
     suite = get_suite(args.suite).override(
         datasets=_ids(args.datasets, "datasets") if args.datasets is not None else None,
@@ -157,9 +156,7 @@ def _cmd_run(args) -> int:
         raise UsageError(f"--jobs takes a positive integer, got {args.jobs!r}") from None
     if jobs < 1:
         raise UsageError(f"--jobs must be at least 1, got {jobs}")
-    resolve_device(args.device)
-    if args.data_root is not None and not Path(args.data_root).is_dir():
-        raise UsageError(f"--data-root {args.data_root} is not a directory")
+    _check_device_and_root(args)
     settings = Settings(
         out_dir=str(Path(args.out)),
         cache_dir=str(Path(args.cache) if args.cache else default_cache_dir()),
@@ -350,7 +347,6 @@ def _cmd_affinity(args) -> int:
 
 def _cmd_predictors(args) -> int:
     from bench.predeval import TABLES, run_predictor_tables
-    from bench.trainer import resolve_device
 
     tables = TABLES if args.tables is None else _ids(args.tables, "tables")
     unknown = [t for t in tables if t not in TABLES]
@@ -359,9 +355,7 @@ def _cmd_predictors(args) -> int:
     repeats, seed, n_eval = _int(args.repeats, "repeats"), _int(args.seed, "seed"), _int(args.n_eval, "n-eval")
     if repeats < 1:
         raise UsageError(f"--repeats must be at least 1, got {repeats}")
-    resolve_device(args.device)
-    if args.data_root is not None and not Path(args.data_root).is_dir():
-        raise UsageError(f"--data-root {args.data_root} is not a directory")
+    _check_device_and_root(args)
     paths = run_predictor_tables(
         _ids(args.datasets, "datasets"), tables, args.out, args.profile, args.data_root,
         Path(args.cache) if args.cache else default_cache_dir(), seed, repeats, args.device,
@@ -378,6 +372,14 @@ def _cmd_predictors(args) -> int:
     if failed:
         print(f"{failed} table rows failed (see the status and reason columns)", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _check_device_and_root(args) -> None:
+    from bench.trainer import resolve_device
+
+    resolve_device(args.device)
+    if args.data_root is not None and not Path(args.data_root).is_dir():
+        raise UsageError(f"--data-root {args.data_root} is not a directory")
 
 
 def _need_dir(path: str) -> None:

@@ -39,6 +39,7 @@ validation).
 from __future__ import annotations
 
 import itertools
+from math import comb
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -181,25 +182,14 @@ class Composed(Method):
         n = len(tasks)
         hi = n if self.max_size is None else min(int(self.max_size), n)
         lo = 2 if model.predictor is None and self.singletons == "forbid" else 1
-        count = sum(_comb(n, s) for s in range(lo, hi + 1))
+        count = sum(comb(n, s) for s in range(lo, hi + 1))
         if count > MAX_CANDIDATES:
             raise Unsupported(f"{self.id}: network selection over {count} candidate groups of {n} tasks is too "
                               f"many; bound them with max_size=")
-        groups = [make_group(c) for s in range(lo, hi + 1) for c in itertools.combinations(tasks, s)]
         if model.predictor is not None:
+            groups = [make_group(c) for s in range(lo, hi + 1) for c in itertools.combinations(tasks, s)]
             return [Candidate(g, model.predictor.predict(g)) for g in groups]
-        pairwise = PairwiseScore(model.matrix(), tasks)
-        out = []
-        for g in groups:
-            if len(g) == 1:
-                value = pairwise.member_value(g, g[0]) if self.singletons == "diagonal" else 0.0
-                out.append(Candidate(g, {g[0]: value}))
-            else:
-                out.append(Candidate(g, {t: pairwise.member_value(g, t) for t in g}))
-        return out
-
-
-def _comb(n: int, k: int) -> int:
-    from math import comb
-
-    return comb(n, k)
+        matrix = np.array(model.matrix(), dtype=np.float64)
+        if self.singletons == "zero":  # a singleton scores the diagonal; groups of two or more never read it
+            np.fill_diagonal(matrix, 0.0)
+        return list(PairwiseScore(matrix, tasks).candidates(lo, hi))

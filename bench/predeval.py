@@ -420,25 +420,18 @@ class _Dataset:
         key = (signal_id, seed)
         if key not in self.affinities:
             try:
+                from bench.method import Context
+
                 signal = registry.create("signal", signal_id)
-                self.affinities[key] = signal.compute(
-                    self.problem, seed, self.device, train=lambda g: self.truth.result(g, seed))
+                # through the runner's signal cache: a suite run with this seed and this evaluation share it
+                ctx = Context(self.problem, seed, self.truth.result, self.device)
+                self.affinities[key] = self.truth.trainings.signal(signal, ctx)
             except Exception as exc:  # noqa: BLE001 - re-raised for every cell that needs it
                 self.affinities[key] = exc
         value = self.affinities[key]
         if isinstance(value, BaseException):
             raise value
         return value
-
-
-def _affinity_scores(affinity: Affinity) -> Callable[[Group], dict[str, float]]:
-    """TAG's group score of each member: the mean affinity onto it from the other members."""
-    index = {t: i for i, t in enumerate(affinity.tasks)}
-
-    def predict(group: Group) -> dict[str, float]:
-        return {t: float(np.mean([affinity.matrix[index[t], index[u]] for u in group if u != t])) for t in group}
-
-    return predict
 
 
 @dataclass(frozen=True)
@@ -493,8 +486,8 @@ def evaluate_row(ds: _Dataset, spec: TableSpec, row: RowSpec, repeat: int, *, fi
         predictor.fit(observations, Evidence(tasks, affinity, oracle), rseed)
         predict: Callable[[Group], Mapping[str, float]] = predictor.predict
     else:
-        assert affinity is not None
-        predict = _affinity_scores(affinity)
+        assert affinity is not None  # TAG's group score: the mean affinity onto each member from the others
+        predict = registry.create("predictor", "affinity").fit([], Evidence(tasks, affinity), rseed).predict
 
     held_out = [g for g in candidates if g not in seen]
     if len(held_out) < len(candidates):

@@ -19,6 +19,7 @@ and the generator handed to ``training_groups``.
 from __future__ import annotations
 
 import itertools
+from math import comb
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -60,8 +61,6 @@ def random_groups(tasks: Sequence[str], count: int, gen: np.random.Generator, mi
     hi = len(tasks) if max_size is None else min(max_size, len(tasks))
     if not 1 <= min_size <= hi:
         raise UsageError(f"group sizes [{min_size}, {hi}] are impossible with {len(tasks)} tasks")
-    from math import comb
-
     available = sum(comb(len(tasks), s) for s in range(min_size, hi + 1))
     seen = {make_group(g) for g in exclude}
     available -= sum(1 for g in seen if min_size <= len(g) <= hi)

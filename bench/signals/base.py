@@ -109,12 +109,6 @@ class Affinity:
         tmp.replace(path)
 
 
-def pair_order(tasks: Sequence[str]) -> list[tuple[int, int]]:
-    """Every ordered pair ``(recipient, source)`` with ``recipient != source``, row-major."""
-    n = len(tasks)
-    return [(i, j) for i in range(n) for j in range(n) if i != j]
-
-
 class Signal(Component):
     """Base of every signal; see the module docstring."""
 
@@ -229,8 +223,3 @@ class TrainingSignal(Signal):
         matrix = self.finish(callback)[np.ix_(order, order)]
         info = {**callback.info(), "training_wall_s": result.wall_time_s, "epochs": result.epochs_run}
         return Affinity(problem.task_names, matrix, self.id, info)
-
-
-def as_named(matrix: np.ndarray, tasks: Sequence[str]) -> Mapping[tuple[str, str], float]:
-    """``{(recipient, source): value}`` (handy in tests and reports)."""
-    return {(a, b): float(matrix[i, j]) for i, a in enumerate(tasks) for j, b in enumerate(tasks)}
