@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from bench.component import Component
+from bench.datafiles import DataFile, locate
 from bench.errors import UsageError, unknown_name
 from bench.trainer import Callback, ModelFactory, TaskData, TrainConfig, train_group
 from bench.types import Group, GroupResult, Task, make_group
@@ -136,6 +137,12 @@ class Dataset(Component, ABC):
 
     kind = "dataset"
     profiles: ClassVar[dict[str, dict[str, Any]]] = {}
+    data_files: ClassVar[tuple[DataFile, ...]] = ()
+    """The real files under the data root (see :mod:`bench.datafiles`); ``bench download`` fetches them."""
+
+    def locate(self, root: Path) -> list[Path]:
+        """The paths of :attr:`data_files` under ``root`` (a :class:`DataNotFound` naming the missing ones)."""
+        return locate(self.name, root, self.data_files)
 
     def load(self, profile: str = "mini", data_root: str | Path | None = None) -> Problem:
         if profile not in self.profiles:

@@ -55,7 +55,26 @@ def _error(pred, target):
     return 100.0 * (label != target).double().mean()
 
 
+def _logloss(pred, target):
+    """Binary log-loss (cross-entropy) of one logit per sample against 0/1 targets."""
+    return _bce(pred.double(), target.double())
+
+
+def _auc(pred, target):
+    """Area under the ROC curve in percent (one score per sample, 0/1 targets), by the rank statistic with ties
+    counted one half (``sklearn.metrics.roc_auc_score``); NaN when the targets hold one class only."""
+    from sklearn.metrics import roc_auc_score
+
+    pred, target = _flat(pred.double(), target.double())
+    y = target.detach().cpu().numpy()
+    if y.min() == y.max():
+        return torch.tensor(float("nan"), dtype=torch.float64)
+    return torch.tensor(100.0 * roc_auc_score(y, pred.detach().cpu().numpy()), dtype=torch.float64)
+
+
 METRICS: dict[str, LossFn] = {
+    "logloss": _logloss,
+    "auc": _auc,
     "mse": lambda p, t: _mse(p.double(), t.double()),
     "mae": lambda p, t: _l1(p.double(), t.double()),
     "rmse": lambda p, t: _mse(p.double(), t.double()).sqrt(),

@@ -509,9 +509,10 @@ class _Loop:
         return total.detach()
 
     @torch.no_grad()
-    def evaluate(self, split: Split, tasks: Mapping[str, Task],
-                 with_metrics: bool = True) -> tuple[dict[str, float], dict[str, float]]:
-        """Per-task (loss, metric) over a whole split, computed in evaluation mode (no metrics: ``{}``)."""
+    def evaluate(self, split: Split, tasks: Mapping[str, Task], with_metrics: bool = True,
+                 extra: dict[str, dict[str, float]] | None = None) -> tuple[dict[str, float], dict[str, float]]:
+        """Per-task (loss, metric) over a whole split, computed in evaluation mode (no metrics: ``{}``); the
+        tasks' ``extra_metrics`` go into ``extra[metric][task]`` when a dict is given."""
         self.set_mode(False)
         bs = self.config.eval_batch_size
         losses, metrics = {}, {}
@@ -536,6 +537,9 @@ class _Loop:
             losses[t] = float(self.loss_fns[t](out, target))
             if with_metrics:
                 metrics[t] = float(metric_fn(tasks[t].metric)(out, target))
+            if extra is not None:
+                for name in tasks[t].extra_metrics:
+                    extra.setdefault(name, {})[t] = float(metric_fn(name)(out, target))
         return losses, metrics
 
 
@@ -617,8 +621,9 @@ def train_group(
                     break
         if best_state is not None:
             model.load_state_dict(best_state)
-        val_losses, val_metrics = loop.evaluate(val, tasks)
-        _, test_metrics = loop.evaluate(test, tasks)
+        extra: dict[str, dict[str, dict[str, float]]] = {"val": {}, "test": {}}
+        val_losses, val_metrics = loop.evaluate(val, tasks, extra=extra["val"])
+        _, test_metrics = loop.evaluate(test, tasks, extra=extra["test"])
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     result = GroupResult(
@@ -632,6 +637,7 @@ def train_group(
         best_epoch=best_epoch,
         wall_time_s=time.perf_counter() - start,
         device=str(dev),
+        extra=extra if any(extra.values()) else {},
     )
     for cb in loop.callbacks:
         cb.on_train_end(result)

@@ -42,6 +42,9 @@ class Task:
     metric: str = "mse"
     higher_is_better: bool = False
     loss: str = "mse"
+    extra_metrics: tuple[str, ...] = ()
+    """Further metrics reported beside ``metric`` (e.g. ``auc`` for Landmine, ``error`` for Chemical); they are
+    stored in :attr:`GroupResult.extra` and shown in tables, never used for selection."""
 
     def utility(self, value: float) -> float:
         """The value turned so that larger is always better (for selection)."""
@@ -53,7 +56,8 @@ class GroupResult:
     """The outcome of training one group (or looking it up in a published table).
 
     ``val`` and ``test`` map each member task to its metric on the validation and test split; ``val_loss`` holds
-    the per-task validation loss at the selected epoch. ``curves`` holds per-epoch series (``train_loss``,
+    the per-task validation loss at the selected epoch. ``extra`` holds the tasks' further metrics
+    (``extra[split][metric][task]``, split ``val`` or ``test``; may be NaN, e.g. an AUC on one class). ``curves`` holds per-epoch series (``train_loss``,
     ``val_loss``, ``lr``). ``wall_time_s`` is the time the training took when it was computed; a cache hit keeps
     it and sets ``cached``.
     """
@@ -69,6 +73,7 @@ class GroupResult:
     wall_time_s: float = 0.0
     device: str = "cpu"
     cached: bool = False
+    extra: Mapping[str, Mapping[str, Mapping[str, float]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         missing = [t for t in self.group if t not in self.val or t not in self.test]
@@ -85,6 +90,7 @@ class GroupResult:
         data["test"] = dict(self.test)
         data["val_loss"] = dict(self.val_loss)
         data["curves"] = {k: list(v) for k, v in self.curves.items()}
+        data["extra"] = {s: {m: dict(v) for m, v in by.items()} for s, by in self.extra.items()}
         return data
 
     @classmethod
