@@ -44,7 +44,7 @@ class Optimal(Method):
                 f"optimal needs {count} group results for {ctx.problem.n_tasks} tasks, more than "
                 f"max_trainings={self.max_trainings}; raise it with optimal[max_trainings=N] if you mean it"
             )
-        return {g: ctx.train(g) for g in ctx.problem.candidate_groups()}
+        return ctx.train_many(ctx.problem.candidate_groups())
 
     def solve(self, results, n_groups: int, ctx: Context) -> Grouping:
         problem = SelectProblem(ctx.tasks, tuple(candidates(results, ctx.problem.tasks, self.select_on)), n_groups)

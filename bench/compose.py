@@ -146,13 +146,14 @@ class Composed(Method):
         if predictor is None:
             return Fitted(affinity, None)
         tasks = ctx.problem.tasks
-        stl = {t: ctx.train((t,)) for t in ctx.tasks}
+        stl = {g[0]: r for g, r in ctx.train_many((t,) for t in ctx.tasks).items()}
 
         def oracle(group: Group) -> Observation:
             return observe(ctx.train(group), stl, tasks)
 
         groups = predictor.training_groups(ctx.tasks, self.n_train, ctx.rng(self.name, "training_groups"))
-        observations = [oracle(g) for g in groups]
+        trained = ctx.train_many(groups)
+        observations = [observe(trained[make_group(g)], stl, tasks) for g in groups]
         evidence = Evidence(ctx.tasks, affinity, oracle)
         predictor.fit(observations, evidence, ctx.seed)
         return Fitted(affinity, predictor, observations)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -92,6 +92,25 @@ class Problem(ABC):
               device: str = "cpu") -> GroupResult:
         """The result of training ``group`` with ``seed`` (callbacks observe the training where there is one)."""
 
+    def train_many(self, groups: Iterable[Iterable[str]], seed: int, device: str = "cpu",
+                   on_result: Callable[[Group, GroupResult], None] | None = None) -> dict[Group, GroupResult]:
+        """Every group's result (as :meth:`train` gives it); ``on_result`` sees each as soon as it is done, so a
+        caller can store finished work before a later group fails. The first failure is raised after every other
+        group has been trained. Problems that can train many groups at once override this."""
+        out: dict[Group, GroupResult] = {}
+        failure: Exception | None = None
+        for group in dict.fromkeys(self.check_group(g) for g in groups):
+            try:
+                out[group] = self.train(group, seed, device=device)
+            except Exception as exc:  # noqa: BLE001 - raised below, after the other groups
+                failure = failure or exc
+                continue
+            if on_result is not None:
+                on_result(group, out[group])
+        if failure is not None:
+            raise failure
+        return out
+
     def n_candidate_groups(self) -> int:
         return (1 << self.n_tasks) - 1
 
@@ -117,6 +136,41 @@ class TrainedProblem(Problem):
 
     def supports_callbacks(self) -> bool:
         return True
+
+    def stackable(self) -> str | None:
+        """None if this problem's models can be trained in stacks (:mod:`bench.batched`), else why not."""
+        import torch
+
+        from bench.batched import stackable
+
+        with torch.random.fork_rng():  # building a model draws random weights: leave the global stream alone
+            return stackable(self.model_factory(self.task_names[:1]))
+
+    def train_many(self, groups, seed, device="cpu", on_result=None):
+        """Groups trained in stacks of equal size (:func:`bench.batched.train_groups`; same results as
+        :meth:`train` within float tolerance), or one by one where the model cannot be stacked."""
+        from bench.batched import train_groups
+
+        groups = list(dict.fromkeys(self.check_group(g) for g in groups))
+        if len(groups) < 2 or self.stackable() is not None:
+            return super().train_many(groups, seed, device, on_result)
+        out: dict[Group, GroupResult] = {}
+        failure: Exception | None = None
+
+        def done(group: Group, result: GroupResult | Exception) -> None:
+            nonlocal failure
+            if isinstance(result, Exception):
+                failure = failure or result
+                return
+            out[group] = result
+            if on_result is not None:
+                on_result(group, result)
+
+        train_groups(self.model_factory, self.task_data, {t.name: t for t in self.tasks}, groups, self.config,
+                     seed, device=device, on_result=done)
+        if failure is not None:
+            raise failure
+        return out
 
     def train(self, group, seed, callbacks=(), device="cpu"):
         group = self.check_group(group)

@@ -61,6 +61,18 @@ class Context:
         self.ledger.append(Training(group, seed, result.wall_time_s, result.cached))
         return result
 
+    def train_many(self, groups: Iterable[Iterable[str]], seed: int | None = None) -> dict[Group, GroupResult]:
+        """:meth:`train` for many groups at once (the runner trains the cache misses together, stacked where the
+        model allows): ``group -> result``, in the given order."""
+        groups = list(dict.fromkeys(self.problem.check_group(g) for g in groups))
+        seed = self.seed if seed is None else seed
+        many = getattr(self._trainer, "many", None)
+        results = many(groups, seed) if many is not None else {g: self._trainer(g, seed) for g in groups}
+        for group in groups:
+            result = results[group]
+            self.ledger.append(Training(group, seed, result.wall_time_s, result.cached))
+        return results
+
     def signal(self, signal: Any) -> Any:
         """``signal.compute`` on this problem and seed, its trainings through :meth:`train`; the runner caches
         the result (shared by every method that uses the same signal) and accounts its original cost."""

@@ -45,6 +45,26 @@ def _bce(pred, target):
 LOSSES: dict[str, LossFn] = {"mse": _mse, "l1": _l1, "cross_entropy": _cross_entropy, "bce": _bce}
 
 
+def _rows(values: torch.Tensor) -> torch.Tensor:
+    return values.reshape(values.shape[0], -1).mean(dim=1) if values.ndim > 1 else values
+
+
+ROW_LOSSES: dict[str, LossFn] = {
+    "mse": lambda p, t: _rows((lambda a, b: (a - b) ** 2)(*_flat(p, t))),
+    "l1": lambda p, t: _rows((lambda a, b: (a - b).abs())(*_flat(p, t))),
+    "bce": lambda p, t: _rows(F.binary_cross_entropy_with_logits(*_flat(p, t), reduction="none")),
+    "cross_entropy": lambda p, t: F.cross_entropy(p, t.reshape(-1).long(), reduction="none"),
+}
+"""Per-sample losses (shape ``(B,)``): their mean over the rows is the named loss. Every sample has the same number
+of elements, so a masked mean over rows (the batched trainer's padded batches) is the mean the loss takes."""
+
+
+def row_loss_fn(name: str) -> LossFn:
+    if name not in ROW_LOSSES:
+        raise unknown_name("loss", name, ROW_LOSSES)
+    return ROW_LOSSES[name]
+
+
 def _error(pred, target):
     """Classification error in percent (multi-class logits, or one logit for a binary task)."""
     target = target.reshape(-1)

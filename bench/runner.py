@@ -153,6 +153,38 @@ class _Trainings:
         self.count += 1
         return result
 
+    def many(self, groups: Sequence[Group], seed: int) -> dict[Group, GroupResult]:
+        """Like calling this object for every group, with the cache misses trained together
+        (:meth:`Problem.train_many`: stacked where the model allows) and each stored as soon as it is done.
+
+        Unlike a single training, the misses are not locked against a concurrent run: two runs may both train
+        a group, and the second stores the same result again (entries are written atomically)."""
+        start = time.perf_counter()
+        out: dict[Group, GroupResult] = {}
+        keys = {g: result_key(self.problem.identity, g, seed, self.device) for g in groups}
+        misses = []
+        for group in dict.fromkeys(groups):
+            hit = self.cache.get(keys[group]) if self.problem.cacheable else None
+            if hit is not None:
+                self.cache.hits += 1
+                out[group] = hit
+            else:
+                misses.append(group)
+        if misses:
+            store = (lambda g, r: self.cache.put(keys[g], r)) if self.problem.cacheable else None
+            try:
+                out.update(self.problem.train_many(misses, seed, self.device, on_result=store))
+            finally:
+                self.elapsed += time.perf_counter() - start
+        else:
+            self.elapsed += time.perf_counter() - start
+        for group in dict.fromkeys(groups):
+            result = out[group]
+            self.cost += result.wall_time_s
+            self.hits += int(result.cached)
+            self.count += 1
+        return {g: out[g] for g in groups}
+
     def signal(self, signal, ctx: Context):
         """``signal.compute`` through the cache (key: problem identity, signal identity, seed, device).
 
@@ -256,7 +288,7 @@ def run_cell(cell: Cell, settings: Settings, done: frozenset[str] = frozenset())
                 grouping.validate(problem.task_names, max_groups=k)
             eval_trainings = _Trainings(problem, cache, settings.device)
             distinct = sorted({g for grouping in groupings for g in grouping.groups}, key=lambda g: (len(g), g))
-            results = {g: eval_trainings(g, cell.seed) for g in distinct}
+            results = eval_trainings.many(distinct, cell.seed)
             evaluations = [evaluate(gr, results, problem.tasks, serve_by=method.serve_by) for gr in groupings]
         except Exception as exc:  # noqa: BLE001
             finish(k, **_error_fields(exc))

@@ -290,29 +290,50 @@ class Callback:
     def on_train_end(self, result: GroupResult) -> None: ...
 
 
-def _batches(split: Split, group: Group, batch_size: int, gen: torch.Generator) -> Iterator[Batch]:
-    """One epoch of batches (see the module docstring for the per-task layout)."""
-    if split.shared(group):
-        x = split.inputs[group[0]]
-        n = x.shape[0]
-        perm = torch.randperm(n, generator=gen).to(x.device)
+def batch_indices(sizes: Mapping[str, int], shared: bool, group: Group, batch_size: int,
+                  gen: torch.Generator) -> Iterator[dict[str, torch.Tensor]]:
+    """The sample indices of one epoch's batches, per task (see the module docstring for the per-task layout).
+
+    Shared inputs: one permutation, the same indices for every task. Per-task inputs: one pass over the largest
+    member task; a smaller task draws a fresh permutation whenever it runs out. The generator is consumed in a
+    fixed order (task order within a step), so the batched trainer (:mod:`bench.batched`) replays exactly the
+    batches of :func:`train_group`.
+    """
+    if shared:
+        n = sizes[group[0]]
+        perm = torch.randperm(n, generator=gen)
         for start in range(0, n, batch_size):
             idx = perm[start : start + batch_size]
-            xb = x[idx]
-            yield Batch({t: xb for t in group}, {t: split.targets[t][idx] for t in group})
+            yield dict.fromkeys(group, idx)
         return
-    sizes = {t: split.inputs[t].shape[0] for t in group}
-    steps = max(math.ceil(s / batch_size) for s in sizes.values())
+    steps = max(math.ceil(sizes[t] / batch_size) for t in group)
     perms = {t: torch.randperm(sizes[t], generator=gen) for t in group}
     pos = dict.fromkeys(group, 0)
     for _ in range(steps):
-        inputs, targets = {}, {}
+        out = {}
         for t in group:
             if pos[t] >= sizes[t]:
                 perms[t], pos[t] = torch.randperm(sizes[t], generator=gen), 0
-            idx = perms[t][pos[t] : pos[t] + batch_size].to(split.inputs[t].device)
+            out[t] = perms[t][pos[t] : pos[t] + batch_size]
             pos[t] += batch_size
-            inputs[t], targets[t] = split.inputs[t][idx], split.targets[t][idx]
+        yield out
+
+
+def _batches(split: Split, group: Group, batch_size: int, gen: torch.Generator) -> Iterator[Batch]:
+    """One epoch of batches (see :func:`batch_indices`)."""
+    shared = split.shared(group)
+    sizes = {t: split.inputs[t].shape[0] for t in group}
+    for idx in batch_indices(sizes, shared, group, batch_size, gen):
+        if shared:
+            x = split.inputs[group[0]]
+            i = idx[group[0]].to(x.device)
+            xb = x[i]
+            yield Batch({t: xb for t in group}, {t: split.targets[t][i] for t in group})
+            continue
+        inputs, targets = {}, {}
+        for t in group:
+            i = idx[t].to(split.inputs[t].device)
+            inputs[t], targets[t] = split.inputs[t][i], split.targets[t][i]
         yield Batch(inputs, targets)
 
 

@@ -32,7 +32,7 @@ class TaskFeaturesLs(Composed):
 
     def solve(self, model: Fitted, n_groups: int, ctx: Context) -> Grouping:
         tasks = ctx.problem.tasks
-        stl = {t: ctx.train((t,)) for t in ctx.tasks}
+        stl = {g[0]: r for g, r in ctx.train_many((t,) for t in ctx.tasks).items()}
 
         def value(group: Group) -> float:
             if len(group) == 1:
