@@ -338,14 +338,14 @@ def _train_stack(stack: _Stack, train: _Data, val: _Data, config: TrainConfig) -
         steps = int(n_steps.max())
         idx = torch.stack([F.pad(e[0], (0, 0, 0, 0, 0, steps - e[0].shape[0])) for e in plans], 1)
         mask = torch.stack([F.pad(e[1], (0, 0, 0, 0, 0, steps - e[1].shape[0])) for e in plans], 1)
-        running = torch.zeros(k, dtype=torch.float64)
+        running = torch.zeros(k)  # float32, summed in step order like the trainer's running loss
         for step in range(steps):
             stepping = n_steps > step  # a model whose epoch has fewer steps waits, its weights untouched
             x, y, mk = train.gather(idx[step], mask[step], stack.train_offsets)
             totals = stack.model_losses(x, y, mk)
             totals.sum().backward()
             stack.update(stepping.to(stack.device), lr, every=bool(stepping.all()))
-            running += totals.detach().cpu().to(torch.float64) * stepping
+            running += torch.where(stepping, totals.detach().cpu(), 0.0)
         with torch.no_grad():
             val_totals = stack.model_losses(*stack.val).double().cpu()
         alive = []
