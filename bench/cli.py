@@ -135,7 +135,56 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--cache", help="group-result cache folder (default: $BENCH_CACHE_DIR or "
                                       "~/.cache/task-grouping-bench)")
     pred.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
+    sw = sub.add_parser("sweep", help="train every group of some sizes (stacked, cached) and write the pairwise-MTL "
+                                      "summary (affinity-predictor-local-search Table 1 columns)")
+    sw.add_argument("--dataset", required=True, help="dataset id, e.g. landmine")
+    sw.add_argument("--sizes", default="1,2", help="group sizes, n for the all-task group (default 1,2)")
+    sw.add_argument("--profile", default="mini", choices=PROFILES, help="smoke | mini | paper (default mini)")
+    sw.add_argument("--seed", default="0", help="seed (default 0)")
+    sw.add_argument("--data-root", help=f"folder with the real data files (default: ${DATA_ROOT_ENV})")
+    sw.add_argument("--cache", help="group-result cache folder (default: $BENCH_CACHE_DIR or "
+                                    "~/.cache/task-grouping-bench)")
+    sw.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
+    sw.add_argument("--out", required=True, help="output folder (groups.csv, summary.csv, summary.md)")
+
+    dl = sub.add_parser("download", help="download a dataset's public files into the data root")
+    dl.add_argument("dataset", help="dataset id, e.g. school")
+    dl.add_argument("--data-root", required=True, help="folder to download into (created if missing)")
+    dl.add_argument("--force", action="store_true", help="download again even where the file exists")
     return parser
+
+
+def _cmd_sweep(args) -> int:
+    from bench.sweep import run_sweep
+
+    dataset = registry.create("dataset", args.dataset)
+    seed = _int(args.seed, "seed")
+    sizes = [s if s in ("n", "all") else _int(s, "sizes") for s in _ids(args.sizes, "sizes")]
+    _check_device_and_root(args)
+    problem = dataset.load(args.profile, args.data_root)
+    if problem.notice:
+        print(f"note: {problem.notice}", file=sys.stderr)
+    paths = run_sweep(problem, dataset.id, sizes, seed, Path(args.cache) if args.cache else default_cache_dir(),
+                      args.device, Path(args.out), say=lambda line: print(line, file=sys.stderr))
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _cmd_download(args) -> int:
+    from bench.datafiles import download
+
+    dataset = registry.create("dataset", args.dataset)
+    if not dataset.data_files:
+        raise UsageError(f"{dataset.name} has no files to download (it needs no data root)")
+    root = Path(args.data_root).expanduser()
+    written = download(dataset.name, root, dataset.data_files, force=args.force)
+    for path in written:
+        print(path)
+    for file in dataset.data_files:
+        if file.url is None and not (root / file.path).is_file():
+            print(f"{file.path}: no public URL; {file.note}", file=sys.stderr)
+    return 0
 
 
 def _cmd_run(args) -> int:
@@ -388,7 +437,8 @@ def _need_dir(path: str) -> None:
 
 
 COMMANDS = {"run": _cmd_run, "list": _cmd_list, "table": _cmd_table, "compare": _cmd_compare, "group": _cmd_group,
-            "perf": _cmd_perf, "affinity": _cmd_affinity, "predictors": _cmd_predictors}
+            "perf": _cmd_perf, "affinity": _cmd_affinity, "predictors": _cmd_predictors, "sweep": _cmd_sweep,
+            "download": _cmd_download}
 
 
 def main(argv: list[str] | None = None) -> int:
