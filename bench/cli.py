@@ -110,12 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--format", default="table", help="table (default) | json")
 
     perf = sub.add_parser("perf", help="measure the solvers (Table 6 layout, scaling, gaps) or the signals (cost / plain training)")
-    perf.add_argument("what", choices=["solvers", "signals"], help="what to measure")
+    perf.add_argument("what", choices=["solvers", "signals", "batched"], help="what to measure")
     perf.add_argument("--out", default="out/perf", help="output folder (default out/perf)")
     perf.add_argument("--time-limit", type=float, default=60.0, help="seconds per solve before × (default 60)")
     perf.add_argument("--repeats", type=int, default=3, help="timed runs per scaling cell (default 3)")
     perf.add_argument("--quick", action="store_true", help="a few small instances only (a smoke check)")
     perf.add_argument("--only", help="comma-separated reports: table6, scaling, gaps (default all)")
+    perf.add_argument("--datasets", default="landmine", help="batched: dataset ids (default landmine)")
+    perf.add_argument("--profile", default="mini", choices=PROFILES, help="batched: profile (default mini)")
+    perf.add_argument("--single", default="8", help="batched: groups trained one by one (default 8)")
+    perf.add_argument("--data-root", help=f"batched: folder with the real data files (default: ${DATA_ROOT_ENV})")
 
     pred = sub.add_parser("predictors", help="prediction quality of signals and gain predictors on held-out groups "
                                              "(ETAP Tables 2, 3, 9; tabular-divergence Tables 2, 6)")
@@ -348,6 +352,19 @@ def _cmd_perf(args) -> int:
 
     if args.time_limit <= 0 or args.repeats < 1:
         raise UsageError("--time-limit must be positive and --repeats at least 1")
+    if args.what == "batched":
+        from bench.batched_perf import measure, write_report
+
+        n_single = _int(args.single, "single")
+        rows = []
+        for dataset_id in _ids(args.datasets, "datasets"):
+            problem = registry.create("dataset", dataset_id).load(args.profile, args.data_root)
+            print(f"{dataset_id}: {n_single} pairs one by one, all pairs batched (data={problem.data}) ...",
+                  file=sys.stderr)
+            rows.append((dataset_id, args.profile, measure(problem, n_single=n_single)))
+        for path in write_report(rows, Path(args.out)):
+            print(path)
+        return 0
     if args.what == "signals":
         from bench.signal_perf import sca_cost, signal_costs, write_signal_report
 

@@ -86,3 +86,14 @@ def test_cli_sweep_end_to_end_and_bad_sizes(tmp_path, capsys, monkeypatch):
     assert main(["sweep", "--dataset", "synthetic", "--sizes", "9", "--profile", "smoke",
                  "--cache", str(tmp_path / "c"), "--out", str(out)]) == 2
     assert "outside 1..6" in capsys.readouterr().err
+
+
+def test_perf_batched_reports_a_same_run_ratio_and_equal_results(tmp_path):
+    out = tmp_path / "perf"
+    assert main(["perf", "batched", "--datasets", "synthetic[clusters=[2,2]]", "--profile", "smoke", "--single", "2",
+                 "--out", str(out)]) == 0
+    with (out / "batched_speed.csv").open() as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["groups"] == "6" and row["single_groups"] == "2"
+    assert float(row["speedup"]) > 0 and float(row["max_rel_diff_test"]) < 1e-4
+    assert "bench perf batched" in (out / "batched_speed.md").read_text()
