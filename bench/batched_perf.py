@@ -9,6 +9,7 @@ the groups trained both ways (the batched results must equal one-by-one ones wit
 
 from __future__ import annotations
 
+import csv
 import itertools
 import time
 from collections.abc import Sequence
@@ -56,7 +57,8 @@ def write_report(rows: Sequence[tuple[str, str, dict]], out: Path) -> list[Path]
             "one_by_one_projected_s", "max_rel_diff_test", "epochs_single_mean", "epochs_batched_mean", "threads"]
     header = ["dataset", "profile", *keys]
     body = [[d, p, *(f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys)] for d, p, r in rows]
-    (out / "batched_speed.csv").write_text("\n".join(",".join(row) for row in [header, *body]) + "\n")
+    with (out / "batched_speed.csv").open("w", newline="") as fh:
+        csv.writer(fh).writerows([header, *body])
     facts = provenance("cpu")
     text = ["# Batched training against one-at-a-time training (same run)", "",
             f"Machine: {facts['platform']}, torch {facts['packages']['torch']}, "
