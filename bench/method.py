@@ -38,6 +38,17 @@ class Training:
     cached: bool
 
 
+@dataclass(frozen=True)
+class GroupTrainer:
+    """``trainer(group)`` trains one group; ``trainer.many(groups)`` trains several at once (``group -> result``)."""
+
+    one: Callable[[Group], GroupResult]
+    many: Callable[[Iterable[Group]], dict[Group, GroupResult]]
+
+    def __call__(self, group: Iterable[str]) -> GroupResult:
+        return self.one(group)
+
+
 class Context:
     """What a method sees: the problem, the run's seed, and access to (cached, counted) group trainings."""
 
@@ -73,12 +84,18 @@ class Context:
             self.ledger.append(Training(group, seed, result.wall_time_s, result.cached))
         return results
 
+    @property
+    def trainer(self) -> GroupTrainer:
+        """:meth:`train` as a callable ``group -> result`` with a ``many(groups)`` (:meth:`train_many`): what a
+        signal that needs ground-truth trainings receives."""
+        return GroupTrainer(self.train, self.train_many)
+
     def signal(self, signal: Any) -> Any:
         """``signal.compute`` on this problem and seed, its trainings through :meth:`train`; the runner caches
         the result (shared by every method that uses the same signal) and accounts its original cost."""
         if self._signals is not None:
             return self._signals(signal, self)
-        return signal.compute(self.problem, self.seed, self.device, train=self.train)
+        return signal.compute(self.problem, self.seed, self.device, train=self.trainer)
 
     def rng(self, *names: object) -> np.random.Generator:
         """A generator private to ``names`` under this run's seed."""

@@ -195,7 +195,7 @@ class _Trainings:
         from bench.signals.base import Affinity
 
         if not self.problem.cacheable:
-            return signal.compute(self.problem, ctx.seed, self.device, train=ctx.train)
+            return signal.compute(self.problem, ctx.seed, self.device, train=ctx.trainer)
         key = hashlib.sha256(canonical_json({
             "engine": ENGINE_VERSION, "kind": "signal", "problem": self.problem.identity,
             "signal": signal.identity(), "seed": ctx.seed, "device": self.device.split(":")[0],
@@ -203,15 +203,18 @@ class _Trainings:
         start, e0, ledger0 = time.perf_counter(), self.elapsed, len(ctx.ledger)
 
         def compute():
-            affinity = signal.compute(self.problem, ctx.seed, self.device, train=ctx.train)
+            affinity = signal.compute(self.problem, ctx.seed, self.device, train=ctx.trainer)
             own = time.perf_counter() - start - (self.elapsed - e0)
             trained = [[list(t.group), t.seed] for t in ctx.ledger[ledger0:]]
             return {"affinity": affinity.to_json(), "own_time_s": own, "trainings": trained}
 
         payload, cached = self.cache.get_or_compute_payload(key, compute)
         if cached:
+            by_seed: dict[int, list[Group]] = {}
             for group, seed in payload["trainings"]:
-                ctx.train(tuple(group), seed)
+                by_seed.setdefault(seed, []).append(tuple(group))
+            for seed, groups in by_seed.items():
+                ctx.train_many(groups, seed)
             self.hits += 1
         own = float(payload["own_time_s"])
         self.elapsed += time.perf_counter() - start - (self.elapsed - e0)

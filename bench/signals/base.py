@@ -23,7 +23,7 @@ from __future__ import annotations
 import csv
 import math
 from abc import abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -34,6 +34,7 @@ from bench.component import Component
 from bench.dataset import Problem, TrainedProblem
 from bench.errors import Unsupported, UsageError
 from bench.trainer import Callback, StepContext
+from bench.method import GroupTrainer
 from bench.types import Group, GroupResult, make_group
 
 Trainer = Callable[[Group], GroupResult]
@@ -129,7 +130,16 @@ class Signal(Component):
     def trainer(problem: Problem, seed: int, device: str, train: Trainer | None) -> Trainer:
         if train is not None:
             return train
-        return lambda group: problem.train(group, seed, device=device)
+        return GroupTrainer(lambda group: problem.train(group, seed, device=device),
+                            lambda groups: problem.train_many(groups, seed, device=device))
+
+    @staticmethod
+    def train_all(trainer: Trainer, groups: Iterable[Group]) -> dict[Group, GroupResult]:
+        """Every group's result, trained together where ``trainer`` has ``many`` (stacked, see
+        :mod:`bench.batched`), else one by one."""
+        groups = [make_group(g) for g in groups]
+        many = getattr(trainer, "many", None)
+        return many(groups) if many is not None else {g: trainer(g) for g in groups}
 
     @staticmethod
     def trained_problem(problem: Problem, name: str) -> TrainedProblem:

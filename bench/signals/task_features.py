@@ -200,8 +200,9 @@ class TaskFeatures(Signal):
         trainer = self.trainer(problem, seed, device, train)
         tasks = problem.task_names
         n = len(tasks)
-        stl = {t: trainer((t,)) for t in tasks}
-        pairs = {(a, b): trainer(make_group((a, b))) for a, b in itertools.combinations(tasks, 2)}
+        stl = {g[0]: r for g, r in self.train_all(trainer, [(t,) for t in tasks]).items()}
+        trained = self.train_all(trainer, [make_group(p) for p in itertools.combinations(tasks, 2)])
+        pairs = {(a, b): trained[make_group((a, b))] for a, b in itertools.combinations(tasks, 2)}
         info: dict = {"stl_trainings": n, "pair_trainings": len(pairs), "direct_trainings": 0,
                       "extra_forward": 0, "extra_backward": 0}
 
