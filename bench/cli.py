@@ -169,7 +169,8 @@ def _cmd_sweep(args) -> int:
     if problem.notice:
         print(f"note: {problem.notice}", file=sys.stderr)
     paths = run_sweep(problem, dataset.id, sizes, seed, Path(args.cache) if args.cache else default_cache_dir(),
-                      args.device, Path(args.out), say=lambda line: print(line, file=sys.stderr))
+                      args.device, Path(args.out), say=lambda line: print(line, file=sys.stderr),
+                      profile=args.profile)
     for path in paths:
         print(path)
     return 0

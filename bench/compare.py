@@ -240,7 +240,7 @@ def _scale(ref_row: RefRow | None, row: Row, cell: str) -> float:
     fraction`` for every cell)."""
     factor = 1.0
     if ref_row is not None and ref_row.aggregate == "mean" and cell == "total":
-        factor /= max(len(row.tasks), 1)
+        factor /= max(sum(row.mean.get(t) is not None for t in row.tasks), 1)  # the tasks where it is defined
     if ref_row is not None and ref_row.unit == "fraction":
         factor /= 100.0
     return factor
@@ -399,7 +399,7 @@ def compare(out_dir: str | Path, ref_dir: str | Path | None = None) -> list[Path
     """Write ``OUT/compare/<reference>.csv``/``.md`` for each matching reference and ``summary.md``; return them."""
     out_dir = Path(out_dir)
     records = deduplicate(load_records(out_dir))
-    rows = aggregate(records)
+    rows = aggregate(records, extra_metrics=True)
     references = load_references(ref_dir)
     ours_datasets = sorted({r["dataset"] for r in records})
     matching = [ref for ref in references if set(ref.datasets) & set(ours_datasets)]

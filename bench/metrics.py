@@ -101,6 +101,9 @@ METRICS: dict[str, LossFn] = {
     "error": _error,
 }
 
+# The metrics where larger values are better; every other metric is a loss or an error.
+HIGHER_IS_BETTER = frozenset({"auc"})
+
 
 def loss_fn(name: str) -> LossFn:
     if name not in LOSSES:

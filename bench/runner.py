@@ -39,7 +39,7 @@ from bench.errors import BenchError, Unsupported, UsageError
 from bench.method import Context, Method
 from bench.progress import progress
 from bench.provenance import provenance
-from bench.selection import evaluate
+from bench.selection import evaluate, mean_defined
 from bench.types import Group, GroupResult, Grouping
 
 
@@ -299,6 +299,8 @@ def run_cell(cell: Cell, settings: Settings, done: frozenset[str] = frozenset())
         consumed = {(t.group, t.seed) for t in ctx.ledger}
         per_task = {t: float(np.mean([e.per_task[t] for e in evaluations])) for t in problem.task_names}
         per_task_val = {t: float(np.mean([e.per_task_val[t] for e in evaluations])) for t in problem.task_names}
+        extra = {m: {t: mean_defined([e.extra[m][t] for e in evaluations]) for t in problem.task_names}
+                 for m in evaluations[0].extra}
         finish(
             k,
             status="ok",
@@ -308,6 +310,7 @@ def run_cell(cell: Cell, settings: Settings, done: frozenset[str] = frozenset())
             served_by={t: list(evaluations[0].served_by[t]) for t in problem.task_names},
             per_task=per_task,
             per_task_val=per_task_val,
+            extra_per_task=extra or None,
             total=float(sum(per_task.values())),
             t_signal_s=t_signal,
             t_fit_s=t_fit,
@@ -374,7 +377,7 @@ def run_suite(datasets: Sequence[str], methods: Sequence[str], splits: Sequence[
             notify(notice)
     out = Path(settings.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    done = frozenset(r["run_key"] for r in read_records(out) if r.get("status") in ("ok", "skipped"))
+    done = frozenset(r["run_key"] for r in read_records(out) if r.get("status") in ("ok", "skipped") and "run_key" in r)
     cells = [Cell(d, m, s, tuple(splits)) for d in datasets for m in methods for s in seeds]
     summary = Summary(reused=len(done))
     bar = progress(range(len(cells)), desc="runs", total=len(cells), enabled=show_progress)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bench.errors import UsageError
 from bench.solvers.base import Candidate
@@ -19,11 +19,14 @@ from bench.types import Group, GroupResult, Grouping, Task
 
 @dataclass(frozen=True)
 class Evaluation:
-    """A grouping scored on ground truth: per task, the test and validation value of the group serving it."""
+    """A grouping scored on ground truth: per task, the test and validation value of the group serving it, and
+    ``extra[metric][task]``: the tasks' further test metrics (AUC, error; :attr:`Task.extra_metrics`) in that same
+    group, None where the metric is undefined (an AUC on a test set of one class)."""
 
     per_task: dict[str, float]
     per_task_val: dict[str, float]
     served_by: dict[str, Group]
+    extra: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
     @property
     def total(self) -> float:
@@ -53,7 +56,18 @@ def evaluate(grouping: Grouping, results: Mapping[Group, GroupResult], tasks: Se
         per_task[task.name] = float(results[best].test[task.name])
         per_val[task.name] = float(results[best].val[task.name])
         served[task.name] = best
-    return Evaluation(per_task, per_val, served)
+    extra: dict[str, dict[str, float | None]] = {}
+    for task in tasks:
+        for metric in task.extra_metrics:
+            value = results[served[task.name]].extra.get("test", {}).get(metric, {}).get(task.name)
+            extra.setdefault(metric, {})[task.name] = None if value is None or math.isnan(value) else float(value)
+    return Evaluation(per_task, per_val, served, extra)
+
+
+def mean_defined(values: Sequence[float | None]) -> float | None:
+    """The mean of the values that are defined (not None, not NaN); None when none is."""
+    kept = [float(v) for v in values if v is not None and not math.isnan(v)]
+    return float(sum(kept) / len(kept)) if kept else None
 
 
 def candidates(results: Mapping[Group, GroupResult], tasks: Sequence[Task], split: str = "val") -> list[Candidate]:

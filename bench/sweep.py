@@ -10,16 +10,21 @@ reproduction reuses them and an interrupted sweep resumes where it stopped), and
   over tasks of: STL (``|g| = 1``); pairwise MTL over all pairs (each task's metric averaged over the pairs it is
   in); pairwise MTL "optimal" (each task in its best pair, chosen on validation, reported on test: the choice made
   here, as the paper does not say which split picks the pair; the same chosen on test, an oracle, is reported
-  beside it); and all-task MTL (``|g| = n``). Extra metrics (AUC, error) are averaged over tasks instead.
+  beside it); and all-task MTL (``|g| = n``). Extra metrics (AUC, error) are averaged over tasks instead;
+- ``records.jsonl``: the same rows as records of the runner's schema (:func:`sweep_records`: ids ``stl``,
+  ``naive_mtl``, ``pairwise_mean``, ``pairwise_optimal``, ``pairwise_oracle``), so that ``bench compare OUT`` sets
+  them beside the published Table 1, and a ``bench run --out OUT`` adds the grouping methods to the same tables.
 """
 
 from __future__ import annotations
 
 import csv
 import itertools
+import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +33,9 @@ from bench.cache import ResultCache
 from bench.dataset import Problem
 from bench.errors import UsageError
 from bench.gains import task_gain
-from bench.tables import markdown_table
+from bench.provenance import provenance
+from bench.selection import mean_defined
+from bench.tables import RECORDS_FILE, markdown_table
 from bench.types import Group, GroupResult, group_label
 
 MAX_GROUPS = 100_000
@@ -50,47 +57,107 @@ def sweep_groups(problem: Problem, sizes: Sequence[int | str]) -> list[Group]:
     return list(dict.fromkeys(out))
 
 
-def summarize(problem: Problem, results: Mapping[Group, GroupResult]) -> list[dict]:
+@dataclass(frozen=True)
+class Statistic:
+    """One Table 1 row computed from the sweep: per task, the test and validation value and further test metrics
+    (``extra[metric][task]``, None where undefined); ``method`` is the id it is recorded under."""
+
+    label: str
+    method: str
+    per_task: dict[str, float]
+    per_task_val: dict[str, float]
+    extra: dict[str, dict[str, float | None]]
+    groups: int
+
+
+def statistics(problem: Problem, results: Mapping[Group, GroupResult]) -> list[Statistic]:
     """The Table 1 rows (see the module docstring) that the trained sizes allow."""
     tasks = {t.name: t for t in problem.tasks}
     names = problem.task_names
-    rows: list[dict] = []
-    stl = {t: results.get((t,)) for t in names}
-    metric = problem.tasks[0].metric
     extras = sorted({m for t in problem.tasks for m in t.extra_metrics})
+    out: list[Statistic] = []
 
-    def row(label: str, per_task: Mapping[str, GroupResult | None], n_groups: int) -> None:
-        if any(per_task[t] is None for t in names):
+    def extra_of(r: GroupResult, metric: str, t: str) -> float | None:
+        value = r.extra.get("test", {}).get(metric, {}).get(t)
+        return None if value is None or math.isnan(value) else float(value)
+
+    def served(label: str, method: str, by: Mapping[str, GroupResult | None], n_groups: int) -> None:
+        if any(by[t] is None for t in names):
             return
-        out = {"row": label, "metric": metric, "total": float(sum(per_task[t].test[t] for t in names)),
-               "total_val": float(sum(per_task[t].val[t] for t in names)), "groups": n_groups}
-        for name in extras:
-            values = [per_task[t].extra.get("test", {}).get(name, {}).get(t, math.nan) for t in names]
-            out[f"mean_{name}"] = float(np.nanmean(values)) if not all(math.isnan(v) for v in values) else math.nan
-        rows.append(out)
+        out.append(Statistic(label, method, {t: float(by[t].test[t]) for t in names},
+                             {t: float(by[t].val[t]) for t in names},
+                             {m: {t: extra_of(by[t], m, t) for t in names} for m in extras}, n_groups))
 
-    row("STL (size 1)", stl, len(names))
+    served("STL (size 1)", "stl", {t: results.get((t,)) for t in names}, len(names))
     pairs = [g for g in results if len(g) == 2]
     if pairs and all(any(t in g for g in pairs) for t in names):
         by_task = {t: [results[g] for g in pairs if t in g] for t in names}
-        mean = {"row": "Pairwise MTL, all pairs (size 2)", "metric": metric, "groups": len(pairs),
-                "total": float(sum(np.mean([r.test[t] for r in by_task[t]]) for t in names)),
-                "total_val": float(sum(np.mean([r.val[t] for r in by_task[t]]) for t in names))}
-        for name in extras:
-            values = [np.nanmean([r.extra.get("test", {}).get(name, {}).get(t, math.nan) for r in by_task[t]])
-                      for t in names]
-            mean[f"mean_{name}"] = float(np.nanmean(values))
-        rows.append(mean)
+        out.append(Statistic(
+            "Pairwise MTL, all pairs (size 2)", "pairwise_mean",
+            {t: float(np.mean([r.test[t] for r in by_task[t]])) for t in names},
+            {t: float(np.mean([r.val[t] for r in by_task[t]])) for t in names},
+            {m: {t: mean_defined([extra_of(r, m, t) for r in by_task[t]]) for t in names} for m in extras},
+            len(pairs)))
 
         def best(t: str, split: str) -> GroupResult:
             return max(by_task[t], key=lambda r: tasks[t].utility(getattr(r, split)[t]))
 
-        row("Pairwise MTL, optimal pair chosen on val (size 2)", {t: best(t, "val") for t in names}, len(pairs))
-        row("Pairwise MTL, optimal pair chosen on test: oracle (size 2)", {t: best(t, "test") for t in names}, len(pairs))
+        served("Pairwise MTL, optimal pair chosen on val (size 2)", "pairwise_optimal",
+               {t: best(t, "val") for t in names}, len(pairs))
+        served("Pairwise MTL, optimal pair chosen on test: oracle (size 2)", "pairwise_oracle",
+               {t: best(t, "test") for t in names}, len(pairs))
     full = tuple(names)
     if full in results and len(full) > 2:
-        row(f"Simple MTL, all tasks (size {len(full)})", dict.fromkeys(names, results[full]), 1)
+        served(f"Simple MTL, all tasks (size {len(full)})", "naive_mtl", dict.fromkeys(names, results[full]), 1)
+    return out
+
+
+def summarize(problem: Problem, results: Mapping[Group, GroupResult]) -> list[dict]:
+    """The Table 1 rows as flat dicts: totals over tasks, extra metrics averaged over the tasks where defined."""
+    metric = problem.tasks[0].metric
+    rows = []
+    for stat in statistics(problem, results):
+        row = {"row": stat.label, "metric": metric, "total": float(sum(stat.per_task.values())),
+               "total_val": float(sum(stat.per_task_val.values())), "groups": stat.groups}
+        for name, values in stat.extra.items():
+            mean = mean_defined(list(values.values()))
+            row[f"mean_{name}"] = math.nan if mean is None else mean
+        rows.append(row)
     return rows
+
+
+def sweep_records(problem: Problem, dataset_id: str, profile: str, seed: int,
+                  results: Mapping[Group, GroupResult], device: str) -> list[dict]:
+    """The statistics as runner records (``records.jsonl`` schema, split-independent, ``kind`` ``sweep``), so that
+    ``bench table`` and ``bench compare`` read a sweep folder like a run folder. ``stl`` and ``naive_mtl`` equal
+    the records ``bench run`` makes for those baselines (the same cached trainings); the ``pairwise_*`` ids are
+    statistics, not methods."""
+    facts = provenance(device)
+    records = []
+    for stat in statistics(problem, results):
+        groups = [g for g in results if len(g) == (1 if stat.method == "stl" else 2 if "pairwise" in stat.method
+                                                   else problem.n_tasks)]
+        records.append({
+            "dataset": dataset_id, "method": stat.method, "kind": "sweep", "label": stat.label,
+            "semantics": "statistic", "uses_splits": False, "n_groups": None, "seed": seed, "profile": profile,
+            "data": problem.data, "tasks": list(problem.task_names), "metric": problem.tasks[0].metric,
+            "higher_is_better": problem.tasks[0].higher_is_better, "status": "ok",
+            "per_task": stat.per_task, "per_task_val": stat.per_task_val, "extra_per_task": stat.extra or None,
+            "total": float(sum(stat.per_task.values())), "n_trainings": len(groups),
+            "t_train_s": float(sum(results[g].wall_time_s for g in groups)), "provenance": facts})
+    return records
+
+
+def write_records(records: Sequence[dict], path: Path) -> None:
+    """Merge into ``path`` (a records file): a record replaces an earlier one of the same (dataset, method,
+    n_groups, seed); written to a temporary file and renamed, so an interruption never leaves half a file."""
+    kept = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] \
+        if path.is_file() else []
+    new = {(r["dataset"], r["method"], r["n_groups"], r["seed"]) for r in records}
+    kept = [r for r in kept if (r.get("dataset"), r.get("method"), r.get("n_groups"), r.get("seed")) not in new]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in [*kept, *records]), encoding="utf-8")
+    tmp.replace(path)
 
 
 def write_groups_csv(problem: Problem, results: Mapping[Group, GroupResult], path: Path) -> None:
@@ -112,8 +179,10 @@ def write_groups_csv(problem: Problem, results: Mapping[Group, GroupResult], pat
 
 
 def run_sweep(problem: Problem, dataset_id: str, sizes: Sequence[int | str], seed: int, cache_dir: Path,
-              device: str, out: Path, say: Callable[[str], None] = lambda line: None) -> list[Path]:
-    """Train the groups (cache first), write ``groups.csv`` and ``summary.{csv,md}`` under ``out``."""
+              device: str, out: Path, say: Callable[[str], None] = lambda line: None,
+              profile: str = "") -> list[Path]:
+    """Train the groups (cache first), write ``groups.csv``, ``summary.{csv,md}`` and ``records.jsonl`` (merged
+    with the records already there) under ``out``."""
     from bench.runner import _Trainings
 
     groups = sweep_groups(problem, sizes)
@@ -146,7 +215,8 @@ def run_sweep(problem: Problem, dataset_id: str, sizes: Sequence[int | str], see
              "",
              markdown_table(fields, [[_fmt(r.get(k, "")) for k in fields] for r in rows])]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
-    return [out / "groups.csv", out / "summary.csv", out / "summary.md"]
+    write_records(sweep_records(problem, dataset_id, profile, seed, results, device), out / RECORDS_FILE)
+    return [out / "groups.csv", out / "summary.csv", out / "summary.md", out / RECORDS_FILE]
 
 
 def _fmt(value) -> str:

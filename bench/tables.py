@@ -27,6 +27,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from bench.errors import UsageError
+from bench.metrics import HIGHER_IS_BETTER
 
 RECORDS_FILE = "records.jsonl"
 TIMINGS = ("t_signal_s", "t_fit_s", "t_solve_s", "t_train_s")
@@ -130,10 +131,13 @@ def row_order(row: Row) -> tuple:
     return (1, row.n_groups, 0 if row.kind == "baseline" else 1, row.method)
 
 
-def aggregate(records: Iterable[Mapping]) -> list[Row]:
+def aggregate(records: Iterable[Mapping], extra_metrics: bool = False) -> list[Row]:
     """Mean and population std over seeds of every (dataset, method, n_groups); only ``ok`` records count.
 
-    Duplicates are resolved first (last line wins). Rows come sorted by dataset, then in table order.
+    Duplicates are resolved first (last line wins). Rows come sorted by dataset, then in table order. With
+    ``extra_metrics``, each (dataset, method, n_groups) also gets one row per further metric of its records'
+    ``extra_per_task`` (AUC, error: the test value in the group serving each task); such a row's total is the sum
+    over the tasks where the metric is defined (``bench compare`` reads it as a mean where the paper prints one).
     """
     groups: dict[tuple, list[Mapping]] = defaultdict(list)
     for record in deduplicate(records):
@@ -144,21 +148,28 @@ def aggregate(records: Iterable[Mapping]) -> list[Row]:
         recs = sorted(recs, key=lambda r: r.get("seed", 0))  # a fixed summation order: reproducible means
         last = recs[-1]
         tasks = tuple(last["tasks"])
-        mean, std = {}, {}
-        for task in tasks:
-            values = [float(r["per_task"][task]) for r in recs if r["per_task"].get(task) is not None]
-            mean[task], std[task] = _mean_std(values)
-        total_mean, total_std = _mean_std([float(r["total"]) for r in recs])
         timing = {k: _mean_std([float(r[k]) for r in recs if r.get(k) is not None])[0]
                   for k in TIMINGS + ("n_trainings",)}
-        rows.append(Row(
-            dataset=dataset, method=method, kind=last.get("kind", "method"), n_groups=n_groups,
-            data=_joined(recs, "data"),
-            metric=last.get("metric", "value"), higher_is_better=bool(last.get("higher_is_better", False)),
-            tasks=tasks, mean=mean, std=std, total_mean=total_mean, total_std=total_std, n_seeds=len(recs),
-            seeds=tuple(r.get("seed", 0) for r in recs), profile=_joined(recs, "profile"),
-            **timing,
-        ))
+        common = dict(dataset=dataset, method=method, kind=last.get("kind", "method"), n_groups=n_groups,
+                      data=_joined(recs, "data"), tasks=tasks, n_seeds=len(recs),
+                      seeds=tuple(r.get("seed", 0) for r in recs), profile=_joined(recs, "profile"), **timing)
+        values = {"": [r["per_task"] for r in recs]}
+        if extra_metrics:
+            for metric in sorted({m for r in recs for m in (r.get("extra_per_task") or {})}):
+                values[metric] = [(r.get("extra_per_task") or {}).get(metric, {}) for r in recs]
+        for metric, per_record in values.items():
+            mean, std = {}, {}
+            for task in tasks:
+                mean[task], std[task] = _mean_std([float(v[task]) for v in per_record if v.get(task) is not None])
+            if metric:
+                totals = [sum(float(v[t]) for t in tasks if v.get(t) is not None) for v in per_record]
+                head = dict(metric=metric, higher_is_better=metric in HIGHER_IS_BETTER)
+            else:
+                totals = [float(r["total"]) for r in recs]
+                head = dict(metric=last.get("metric", "value"),
+                            higher_is_better=bool(last.get("higher_is_better", False)))
+            total_mean, total_std = _mean_std(totals)
+            rows.append(Row(**common, **head, mean=mean, std=std, total_mean=total_mean, total_std=total_std))
     return sorted(rows, key=lambda r: (r.dataset, row_order(r)))
 
 

@@ -46,6 +46,20 @@ def test_evaluate_serves_by_val_and_reports_test():
     assert oracle.total == pytest.approx(1.0 + 0.1 + 3.0)
 
 
+def test_evaluate_reports_extra_metrics_of_the_serving_group():
+    tasks = [Task("a", extra_metrics=("auc",)), Task("b", extra_metrics=("auc",))]
+    results = {
+        ("a",): GroupResult(("a",), 0, {"a": 1.0}, {"a": 1.0}, extra={"test": {"auc": {"a": 60.0}}}),
+        ("b",): GroupResult(("b",), 0, {"b": 1.0}, {"b": 1.0}, extra={"test": {"auc": {"b": math.nan}}}),
+        ("a", "b"): GroupResult(("a", "b"), 0, {"a": 0.5, "b": 2.0}, {"a": 0.7, "b": 2.0},
+                                extra={"test": {"auc": {"a": 80.0, "b": 70.0}}}),
+    }
+    ev = evaluate(Grouping.of([("a", "b"), ("b",)], "select"), results, tasks)
+    # a is served by a+b (val 0.5), b alone (val 1.0 < 2.0), whose AUC is undefined (one class): None
+    assert ev.extra == {"auc": {"a": 80.0, "b": None}}
+    assert evaluate(Grouping.of([("a", "b")], "select"), results, TASKS[:2]).extra == {}
+
+
 def test_evaluate_higher_is_better():
     tasks = [Task("a", kind="gain", metric="gain", higher_is_better=True)]
     results = {("a",): _result(("a",), {"a": 0.0}, {"a": 0.0})}

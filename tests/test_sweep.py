@@ -63,7 +63,7 @@ def test_run_sweep_writes_files_and_resumes_from_the_cache(tmp_path):
     problem = Additive(3)
     problem.cacheable = True
     paths = run_sweep(problem, "additive", [1, 2], 0, tmp_path / "cache", "cpu", tmp_path / "out")
-    assert [p.name for p in paths] == ["groups.csv", "summary.csv", "summary.md"]
+    assert [p.name for p in paths] == ["groups.csv", "summary.csv", "summary.md", "records.jsonl"]
     with paths[0].open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 3 + 2 * 3
@@ -97,3 +97,35 @@ def test_perf_batched_reports_a_same_run_ratio_and_equal_results(tmp_path):
     assert row["groups"] == "6" and row["single_groups"] == "2"
     assert float(row["speedup"]) > 0 and float(row["max_rel_diff_test"]) < 1e-4
     assert "bench perf batched" in (out / "batched_speed.md").read_text()
+
+
+def test_sweep_records_compare_against_table1_with_auc_as_a_mean(tmp_path):
+    """The sweep's records.jsonl feeds `bench compare`: totals sum over tasks, the AUC row is a mean over tasks."""
+    from bench.compare import compare
+    from bench.tables import aggregate, load_records
+
+    problem = Additive(4)
+    problem.cacheable = True
+    run_sweep(problem, "additive", [1, 2, "n"], 0, tmp_path / "cache", "cpu", tmp_path / "out", profile="smoke")
+    run_sweep(problem, "additive", [1, 2, "n"], 0, tmp_path / "cache", "cpu", tmp_path / "out", profile="smoke")
+    records = load_records(tmp_path / "out")
+    assert sorted(r["method"] for r in records) == ["naive_mtl", "pairwise_mean", "pairwise_optimal",
+                                                    "pairwise_oracle", "stl"]  # the rerun replaced, not appended
+    stl = next(r for r in records if r["method"] == "stl")
+    assert stl["total"] == sum(10.0 + i for i in range(4)) and stl["extra_per_task"]["auc"]["t0"] == 51.0
+    rows = {(r.method, r.metric): r for r in aggregate(records, extra_metrics=True)}
+    assert rows[("naive_mtl", "auc")].total_mean == 4 * 54.0 and rows[("naive_mtl", "auc")].higher_is_better
+    assert ("stl", "auc") not in {(r.method, r.metric) for r in aggregate(records)}
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    (ref / "t1.csv").write_text(
+        "# source: test\n# dataset: additive\n# metric: mse\n# higher_is_better: false\n# total: sum\n"
+        "dataset,n_groups,method,label,total,metric,aggregate,unit,higher_is_better\n"
+        "additive,,stl,STL,40,mse,sum,,\n"
+        "additive,,naive_mtl,Simple MTL,50%,auc,mean,percent,true\n")
+    compare(tmp_path / "out", ref)
+    with (tmp_path / "out" / "compare" / "t1.csv").open() as fh:
+        got = {(r["method"], r["metric"]): r for r in csv.DictReader(fh) if r["cell"] == "total"}
+    assert math.isclose(float(got[("stl", "mse")]["ours_mean"]), 46.0)
+    assert math.isclose(float(got[("naive_mtl", "auc")]["ours_mean"]), 54.0)  # 4 x 54 / 4 tasks
+    assert math.isclose(float(got[("naive_mtl", "auc")]["diff"]), 4.0)
