@@ -12,6 +12,9 @@ from bench import registry
 from bench.errors import unknown_name
 
 ALL = ("*",)
+# "Clustering Algorithms: Hierarchical (MTL Affinities)" of affinity-predictor-local-search Table 1: the pairwise
+# MTL gains (signal task_features) clustered hierarchically into exactly k groups.
+TABLE1_HIERARCHICAL = "tag[problem=partition,signal=task_features,solver=hierarchical]"
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,19 @@ SUITES: dict[str, Suite] = {
               splits=(2, 3), seeds=(0,), profile="smoke"),
         Suite("taskonomy", "transfer-gain-mip Table 2: Taskonomy gain table, splits 2-4",
               datasets=("taskonomy",), seeds=(0, 1, 2)),
+        # The reproductions of results/README.md (real data: add --data-root). The pairwise rows of Table 1 come
+        # from `bench sweep --sizes 1,2,n`, whose records join the same folder.
+        Suite("affinity_ls_table1", "affinity-predictor-local-search Table 1: grouping methods on the tabular data",
+              datasets=("school", "chemical", "landmine", "parkinson"),
+              methods=("stl", "naive_mtl", "random", "task_features_ls", TABLE1_HIERARCHICAL), seeds=(0,)),
+        Suite("divergence_table3", "tabular-divergence-features Table 3: SDP grouping of three predictors",
+              datasets=("school", "chemical", "landmine"),
+              methods=("stl", "tag[problem=partition,solver=sdp]", "grad_tae", "divergence_sdp"),
+              splits=(2, 3, 4, 6, 15), seeds=(0,)),
+        Suite("ettm1_table5", "transfer-gain-mip Table 5 layout on ETTm1 (Autoformer), reduced scale",
+              datasets=("ettm1",), methods=("stl", "naive_mtl", "random", "optimal", "tag", "transfer_gain_mip",
+                                          "mtg_net", "grad_tae", "surrogate"),
+              seeds=(0,)),
     )
 }
 

@@ -246,3 +246,16 @@ def test_ci_runs_the_readme_test_command():
     block = readme.split("Run the tests:", 1)[1].split("```bash", 1)[1].split("```", 1)[0].strip()
     command = block.split(". .venv/bin/activate && ", 1)[1]
     assert command.replace("pip install ", "pip install -q ") in ci
+
+
+def test_records_carry_the_extra_metrics_of_the_serving_groups(tmp_path):
+    """Landmine's stand-in: log-loss selects and totals, the AUC of each task's serving group rides along."""
+    run_suite(["landmine"], ["stl", "naive_mtl"], [2], [0], _settings(tmp_path), show_progress=False)
+    by = _by_key(read_records(tmp_path / "out"))
+    stl, mtl = by[("landmine", "stl", None, 0)], by[("landmine", "naive_mtl", None, 0)]
+    assert stl["metric"] == "logloss" and set(stl["extra_per_task"]) == {"auc"}
+    problem = load_problem("landmine", "smoke", None)
+    alone = problem.train(("f01",), 0)
+    assert stl["extra_per_task"]["auc"]["f01"] == pytest.approx(alone.extra["test"]["auc"]["f01"])
+    assert stl["per_task"]["f01"] == pytest.approx(alone.test["f01"])
+    assert all(v is None or 0.0 <= v <= 100.0 for v in mtl["extra_per_task"]["auc"].values())
