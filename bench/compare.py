@@ -279,7 +279,8 @@ def _match(ref: Reference, ref_row: RefRow, rows: list[Row], statuses: Mapping[t
 
 
 def _entries(ref: Reference, rows: list[Row], statuses: Mapping[tuple, str]) -> list[Entry]:
-    """Published rows with their matches, then our rows that no published row matched exactly (ours only).
+    """Published rows with their matches, then our rows that no published row matched exactly (ours only; rows
+    of a further metric such as AUC only where a published row matches them).
 
     Display order: blocks ascending (split-independent first), published order kept within a block.
     """
@@ -287,7 +288,7 @@ def _entries(ref: Reference, rows: list[Row], statuses: Mapping[tuple, str]) -> 
     entries = [_match(ref, ref_row, ours, statuses) for ref_row in ref.rows]
     exact = {id(e.row) for e in entries if e.row is not None and e.ours_n_groups is None}
     entries += [Entry(r.n_groups, None, r, "ok") for r in sorted(ours, key=lambda r: (r.dataset, row_order(r)))
-                if id(r) not in exact]
+                if id(r) not in exact and not r.extra]  # a further metric is shown only beside a published row
     return sorted(entries, key=lambda e: (e.block is not None, e.block or 0))
 
 
@@ -362,7 +363,7 @@ def _markdown(ref: Reference, entries: list[Entry], rows: list[Row]) -> str:
     if any("synthetic" in d for d in ours_data):
         out += [f"> **{NOT_COMPARABLE}.** These runs used a generated stand-in that only shares the dataset id; "
                 "the differences below mean nothing about the paper.", ""]
-    metrics = sorted({r.metric for r in rows} - set(ref.metrics))
+    metrics = sorted({r.metric for r in rows if not r.extra} - set(ref.metrics))
     if metrics:
         out += [f"> **metric mismatch**: ours reports {', '.join(metrics)}, the paper {', '.join(ref.metrics)}.", ""]
     show_k = any(r.k is not None for r in ref.rows)

@@ -62,6 +62,7 @@ class Row:
     t_train_s: float | None
     n_trainings: float | None
     profile: str = ""
+    extra: bool = False  # a further metric of the records (``extra_per_task``), not the one the method selected on
 
 
 def load_records(out_dir: str | Path) -> list[dict]:
@@ -163,7 +164,7 @@ def aggregate(records: Iterable[Mapping], extra_metrics: bool = False) -> list[R
                 mean[task], std[task] = _mean_std([float(v[task]) for v in per_record if v.get(task) is not None])
             if metric:
                 totals = [sum(float(v[t]) for t in tasks if v.get(t) is not None) for v in per_record]
-                head = dict(metric=metric, higher_is_better=metric in HIGHER_IS_BETTER)
+                head = dict(metric=metric, higher_is_better=metric in HIGHER_IS_BETTER, extra=True)
             else:
                 totals = [float(r["total"]) for r in recs]
                 head = dict(metric=last.get("metric", "value"),

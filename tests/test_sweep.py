@@ -129,3 +129,7 @@ def test_sweep_records_compare_against_table1_with_auc_as_a_mean(tmp_path):
     assert math.isclose(float(got[("stl", "mse")]["ours_mean"]), 46.0)
     assert math.isclose(float(got[("naive_mtl", "auc")]["ours_mean"]), 54.0)  # 4 x 54 / 4 tasks
     assert math.isclose(float(got[("naive_mtl", "auc")]["diff"]), 4.0)
+    # a further metric is listed only beside a published row: no "ours only" AUC sum for the oracle pairs
+    text = (tmp_path / "out" / "compare" / "t1.md").read_text()
+    oracle = [line for line in text.splitlines() if "pairwise_oracle" in line]
+    assert oracle and not any("auc" in line for line in oracle) and "metric mismatch" not in text
