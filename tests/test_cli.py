@@ -33,7 +33,7 @@ def _runargs(tmp_path, *extra):
 
 
 ERRORS = [
-    (("run", "--suite", "everything"), "unknown suite 'everything'.*Valid suites: all"),
+    (("run", "--suite", "everything"), "unknown suite 'everything'.*Valid suites: .*all, .*smoke"),
     (("run", "--datasets", "synthetc"), "Did you mean 'synthetic'"),
     (("run", "--datasets", "synthetic", "--methods", "optimall"), "Did you mean 'optimal'"),
     (("run", "--methods", "random[repeat=2]"), "Did you mean 'repeats'"),
