@@ -5,7 +5,8 @@ its early-stopping lengths) are trained one by one with
 :meth:`Problem.train` and all ``groups`` (every pair unless given) are trained with :func:`bench.batched.train_groups`;
 both without the cache. The report gives seconds per model each way, their ratio (the speed-up), the projected
 one-by-one time of the whole set, the speed-up per
-model-epoch (equal work: early stopping makes the sampled groups run more or fewer epochs than the mean), and the largest relative difference of the test metric between the two ways on
+model-epoch (equal work: early stopping makes the sampled groups run more or fewer epochs than the mean), and
+the largest relative difference of the test metric between the two ways on
 the groups trained both ways (the batched results must equal one-by-one ones within float tolerance).
 """
 
@@ -58,7 +59,8 @@ def measure(problem: TrainedProblem, groups: Sequence[Group] | None = None, n_si
 def write_report(rows: Sequence[tuple[str, str, dict]], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     keys = ["groups", "single_groups", "single_s_per_model", "batched_s_per_model", "speedup", "speedup_per_epoch",
-            "batched_total_s", "one_by_one_projected_s", "max_rel_diff_test", "epochs_single_mean", "epochs_batched_mean", "threads"]
+            "batched_total_s", "one_by_one_projected_s", "max_rel_diff_test", "epochs_single_mean",
+            "epochs_batched_mean", "threads"]
     header = ["dataset", "profile", *keys]
     body = [[d, p, *(f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys)] for d, p, r in rows]
     with (out / "batched_speed.csv").open("w", newline="") as fh:

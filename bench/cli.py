@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--seed", default="0", help="seed for randomised solvers (default 0)")
     group.add_argument("--format", default="table", help="table (default) | json")
 
-    perf = sub.add_parser("perf", help="measure the solvers (Table 6 layout, scaling, gaps) or the signals (cost / plain training)")
+    perf = sub.add_parser(
+        "perf", help="measure the solvers (Table 6 layout, scaling, gaps) or the signals (cost / plain training)")
     perf.add_argument("what", choices=["solvers", "signals", "batched"], help="what to measure")
     perf.add_argument("--out", default="out/perf", help="output folder (default out/perf)")
     perf.add_argument("--time-limit", type=float, default=60.0, help="seconds per solve before × (default 60)")

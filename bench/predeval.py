@@ -867,6 +867,7 @@ def _published_section(spec: TableSpec, published: Sequence[dict[str, str]]) -> 
         body.append([_md(v) for v in (p["dataset"], ours, p["label"], p["setting"], p["metric"],
                                        _fmt(p["mean"], p["std"]))])
     intro = (f"{spec.paper}, transcribed as printed in `results/reference/predictors/{spec.reference}` (the "
-             "paper's datasets and trainings, not ours; `ours` names our dataset with the same data, or a related one).")
+             "paper's datasets and trainings, not ours; `ours` names our dataset with the same data, "
+             "or a related one).")
     return ["## Published", "", intro, "",
             markdown_table(["dataset", "ours", "method", "setting", "metric", "published"], body), ""]

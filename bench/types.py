@@ -57,7 +57,8 @@ class GroupResult:
 
     ``val`` and ``test`` map each member task to its metric on the validation and test split; ``val_loss`` holds
     the per-task validation loss at the selected epoch. ``extra`` holds the tasks' further metrics
-    (``extra[split][metric][task]``, split ``val`` or ``test``; may be NaN, e.g. an AUC on one class). ``curves`` holds per-epoch series (``train_loss``,
+    (``extra[split][metric][task]``, split ``val`` or ``test``; may be NaN, e.g. an AUC on one class).
+    ``curves`` holds per-epoch series (``train_loss``,
     ``val_loss``, ``lr``). ``wall_time_s`` is the time the training took when it was computed; a cache hit keeps
     it and sets ``cached``.
     """

@@ -245,7 +245,8 @@ def run_local_search(tasks: Sequence[str], k: int, oracle: Callable[[Group], flo
 class LocalSearch(Solver):
     """Randomized local search with quick reject (affinity-predictor-local-search Algorithm 1, Algorithm 4 moves).
 
-    Partitions into exactly ``k`` groups; see :mod:`bench.solvers.local_search` for the choices. The oracle is ``problem.score.value``; ``info["oracle_calls"]`` counts the distinct groups it was asked (the
+    Partitions into exactly ``k`` groups; see :mod:`bench.solvers.local_search` for the choices. The oracle is
+    ``problem.score.value``; ``info["oracle_calls"]`` counts the distinct groups it was asked (the
     paper's MTL trainings). ``predictor``: ``ridge`` (default) or ``none`` (no quick reject).
     """
 

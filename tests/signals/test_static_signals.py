@@ -127,7 +127,8 @@ def mlp_problem(shared_inputs=False, binary_inputs=False, sizes=(12, 10, 14), di
         outs = {"reg": 1, "bin": 1, "cls": 3}
         return MTLModel(encoder, {t: nn.Sequential(nn.Tanh(), nn.Linear(3, outs[t])) for t in group})
 
-    tasks = [Task(t, kind=k, loss=loss, metric=metric, higher_is_better=False) for t, (k, loss, metric) in kinds.items()]
+    tasks = [Task(t, kind=k, loss=loss, metric=metric, higher_is_better=False)
+             for t, (k, loss, metric) in kinds.items()]
     return TrainedProblem(tasks, "synthetic", {"name": "mlp"}, TaskData(*splits), factory,
                           TrainConfig(epochs=3, batch_size=4, lr=0.05, patience=None))
 
@@ -355,7 +356,8 @@ def test_task_features_match_manual_computation(binary):
     affinity = TaskFeatures(max_samples=1000, head_weights=False).compute(problem, seed=0, train=fake)
     tasks = problem.task_names
     n = len(tasks)
-    assert sorted(fake.calls) == sorted([(t,) for t in tasks] + [make_group(p) for p in itertools.combinations(tasks, 2)])
+    pairs = [make_group(p) for p in itertools.combinations(tasks, 2)]
+    assert sorted(fake.calls) == sorted([(t,) for t in tasks] + pairs)
     assert affinity.info["trainings"] == n + n * (n - 1) // 2 and affinity.info["direct_trainings"] == 0
     stl = {t: fake.loss(t, (t,)) for t in tasks}
     for i, j in itertools.product(range(n), repeat=2):
