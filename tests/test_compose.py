@@ -32,7 +32,7 @@ def test_a_perfect_signal_recovers_the_planted_clusters_through_every_problem(pl
 
 
 def test_a_predictor_composition_counts_its_trainings(plugins, tmp_path):
-    [record] = _run("surrogate[predictor=pair_mean]", tmp_path)
+    [record] = _run("surrogate[predictor=pair_mean,selection=network]", tmp_path)
     assert record["n_trainings"] == 4 + 6  # single-task models + every pair
     assert record["t_fit_s"] > 0 and record["t_signal_s"] >= 0 and record["t_solve_s"] >= 0
 
@@ -87,3 +87,40 @@ def test_signals_are_cached_with_their_original_cost_and_trainings(plugins, tmp_
     assert second["t_signal_s"] == pytest.approx(first["t_signal_s"], rel=0.5, abs=0.05)
     assert second["cache_hits"] > first["cache_hits"]
     assert first["groups"] == second["groups"]
+
+
+def test_surrogate_selects_each_targets_sources_above_the_threshold(plugins):
+    from types import SimpleNamespace
+
+    from bench.compose import Fitted
+
+    predictor = registry.create("predictor", "surrogate")
+    predictor.tasks_ = ("a", "b", "c", "d")
+    predictor.index_ = {t: i for i, t in enumerate(predictor.tasks_)}
+    # row i: relevance of every source j to target i (the diagonal is never read)
+    predictor.coef_ = np.array([[9.0, 0.2, -0.1, 0.0],
+                                [0.3, 9.0, 0.05, -1.0],
+                                [-0.2, -0.3, 9.0, -0.4],
+                                [0.1, 0.1, 0.1, 9.0]])
+    ctx = SimpleNamespace(tasks=predictor.tasks_)
+    fitted = Fitted(None, predictor)
+    method = registry.create_method("surrogate")
+    assert method.uses_splits is False
+    grouping = method.solve(fitted, None, ctx)
+    assert set(grouping.groups) == {("a", "b"), ("a", "b", "c"), ("c",), ("a", "b", "c", "d")}
+    assert grouping.semantics == "select"
+    strict = registry.create_method("surrogate[threshold=0.15]").solve(fitted, None, ctx)
+    assert set(strict.groups) == {("a", "b"), ("c",), ("d",)}
+    assert registry.create_method("surrogate[selection=network]").uses_splits is True
+
+
+def test_surrogate_runs_once_without_splits_and_per_split_as_network_selection(plugins, tmp_path):
+    [record] = _run("surrogate", tmp_path, splits=(2, 3))
+    assert record["uses_splits"] is False and record["n_groups"] is None
+    assert all(t in {m for g in record["groups"] for m in g} for t in ("t0", "t1", "t2", "t3"))
+    records = _run("surrogate[selection=network]", tmp_path, splits=(2, 3))
+    assert [r["n_groups"] for r in records] == [2, 3]
+    with pytest.raises(UsageError, match="selection must be one of sources, network"):
+        registry.create_method("surrogate[selection=pairs]").check()
+    with pytest.raises(UsageError, match="threshold must be a finite number"):
+        registry.create_method("surrogate[threshold=inf]").check()

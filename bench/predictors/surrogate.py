@@ -84,5 +84,11 @@ class Surrogate(Predictor):
         hot = self._membership(group)
         return {t: float(self.intercept_[self.index_[t]] + self.coef_[self.index_[t]] @ hot) for t in group}
 
+    def relevance(self, target: str) -> dict[str, float]:
+        """``w_target[j]`` for every other task ``j``: the surrogate's predicted change of ``target``'s gain when
+        ``j`` joins a group (Li et al.'s relevance score of source ``j``)."""
+        i = self.index_[target]
+        return {t: float(self.coef_[i, j]) for t, j in self.index_.items() if t != target}
+
     def describe(self) -> dict:
         return {"rows_per_task": [int(r) for r in self.rows_]}
