@@ -307,7 +307,9 @@ def run_cell(cell: Cell, settings: Settings, done: frozenset[str] = frozenset())
             groups=groupings[0].as_lists(),
             groupings=[g.as_lists() for g in groupings] if len(groupings) > 1 else None,
             grouping_totals=[e.total for e in evaluations] if len(groupings) > 1 else None,
-            served_by={t: list(evaluations[0].served_by[t]) for t in problem.task_names},
+            # the position in ``groups`` of the group serving each task (a list per task would make the record
+            # quadratic in the number of tasks: half a megabyte for one School record)
+            served_by={t: groupings[0].groups.index(evaluations[0].served_by[t]) for t in problem.task_names},
             per_task=per_task,
             per_task_val=per_task_val,
             extra_per_task=extra or None,

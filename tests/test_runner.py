@@ -47,6 +47,8 @@ def test_records_have_the_promised_fields(tmp_path):
         assert REQUIRED <= set(r), REQUIRED - set(r)
         assert r["data"] == "synthetic"
         assert {"git_sha", "packages", "device", "host"} <= set(r["provenance"])
+        # served_by: each task -> the position in groups of the group that serves it
+        assert all(t in r["groups"][i] for t, i in r["served_by"].items())
     by = _by_key(records)
     assert by[(SYN, "stl", None, 0)]["groups"] == [["t0"], ["t1"], ["t2"], ["t3"]]
     assert by[(SYN, "optimal", 2, 0)]["n_trainings"] == 15  # 2^4 - 1 candidate groups
