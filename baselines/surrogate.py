@@ -22,7 +22,7 @@ import math
 
 from bench.compose import Composed
 from bench.errors import UsageError
-from bench.types import Grouping, make_group
+from bench.types import Grouping
 
 SELECTIONS = ("sources", "network")
 
@@ -52,10 +52,5 @@ class Surrogate(Composed):
         if not hasattr(predictor, "relevance"):
             raise UsageError(f"{self.id}: selection=sources needs a predictor with per-source relevance scores "
                              f"(surrogate), got {predictor.id}")
-        groups = []
-        for target in ctx.tasks:
-            sources = [t for t, w in predictor.relevance(target).items() if w > self.threshold]
-            group = make_group((target, *sources))
-            if group not in groups:
-                groups.append(group)
-        return Grouping.of(groups, "select")
+        return Grouping.of(((target, *(t for t, w in predictor.relevance(target).items() if w > self.threshold))
+                            for target in ctx.tasks), "select")  # duplicates once

@@ -95,11 +95,19 @@ def read_records(out_dir: str | Path) -> list[dict]:
             records.append(json.loads(line))
         except json.JSONDecodeError:
             bad += 1
-    if bad:  # rewrite without the broken lines, atomically, so appends start on a clean line
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-        os.replace(tmp, path)
+    if bad:  # rewrite without the broken lines, so appends start on a clean line
+        rewrite_records(out_dir, records)
     return records
+
+
+def rewrite_records(out_dir: str | Path, records: Iterable[dict]) -> None:
+    """Replace the records of ``out_dir`` atomically (a temporary file renamed over it: an interruption never
+    leaves half a file)."""
+    path = records_path(out_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    os.replace(tmp, path)
 
 
 def append_records(out_dir: str | Path, records: Iterable[dict]) -> None:

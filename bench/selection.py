@@ -59,8 +59,7 @@ def evaluate(grouping: Grouping, results: Mapping[Group, GroupResult], tasks: Se
     extra: dict[str, dict[str, float | None]] = {}
     for task in tasks:
         for metric in task.extra_metrics:
-            value = results[served[task.name]].extra.get("test", {}).get(metric, {}).get(task.name)
-            extra.setdefault(metric, {})[task.name] = None if value is None or math.isnan(value) else float(value)
+            extra.setdefault(metric, {})[task.name] = results[served[task.name]].extra_value(metric, task.name)
     return Evaluation(per_task, per_val, served, extra)
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import itertools
-import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -77,16 +76,12 @@ def statistics(problem: Problem, results: Mapping[Group, GroupResult]) -> list[S
     extras = sorted({m for t in problem.tasks for m in t.extra_metrics})
     out: list[Statistic] = []
 
-    def extra_of(r: GroupResult, metric: str, t: str) -> float | None:
-        value = r.extra.get("test", {}).get(metric, {}).get(t)
-        return None if value is None or math.isnan(value) else float(value)
-
     def served(label: str, method: str, by: Mapping[str, GroupResult | None], n_groups: int) -> None:
         if any(by[t] is None for t in names):
             return
         out.append(Statistic(label, method, {t: float(by[t].test[t]) for t in names},
                              {t: float(by[t].val[t]) for t in names},
-                             {m: {t: extra_of(by[t], m, t) for t in names} for m in extras}, n_groups))
+                             {m: {t: by[t].extra_value(m, t) for t in names} for m in extras}, n_groups))
 
     served("STL (size 1)", "stl", {t: results.get((t,)) for t in names}, len(names))
     pairs = [g for g in results if len(g) == 2]
@@ -96,7 +91,7 @@ def statistics(problem: Problem, results: Mapping[Group, GroupResult]) -> list[S
             "Pairwise MTL, all pairs (size 2)", "pairwise_mean",
             {t: float(np.mean([r.test[t] for r in by_task[t]])) for t in names},
             {t: float(np.mean([r.val[t] for r in by_task[t]])) for t in names},
-            {m: {t: mean_defined([extra_of(r, m, t) for r in by_task[t]]) for t in names} for m in extras},
+            {m: {t: mean_defined([r.extra_value(m, t) for r in by_task[t]]) for t in names} for m in extras},
             len(pairs)))
 
         def best(t: str, split: str) -> GroupResult:
@@ -148,16 +143,15 @@ def sweep_records(problem: Problem, dataset_id: str, profile: str, seed: int,
     return records
 
 
-def write_records(records: Sequence[dict], path: Path) -> None:
-    """Merge into ``path`` (a records file): a record replaces an earlier one of the same (dataset, method,
-    n_groups, seed); written to a temporary file and renamed, so an interruption never leaves half a file."""
-    kept = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] \
-        if path.is_file() else []
+def write_records(records: Sequence[dict], out: Path) -> None:
+    """Merge into the records of ``out``: a record replaces an earlier one of the same (dataset, method,
+    n_groups, seed); the file is rewritten atomically."""
+    from bench.runner import read_records, rewrite_records
+
     new = {(r["dataset"], r["method"], r["n_groups"], r["seed"]) for r in records}
-    kept = [r for r in kept if (r.get("dataset"), r.get("method"), r.get("n_groups"), r.get("seed")) not in new]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in [*kept, *records]), encoding="utf-8")
-    tmp.replace(path)
+    kept = [r for r in read_records(out)
+            if (r.get("dataset"), r.get("method"), r.get("n_groups"), r.get("seed")) not in new]
+    rewrite_records(out, [*kept, *records])
 
 
 def write_groups_csv(problem: Problem, results: Mapping[Group, GroupResult], path: Path) -> None:
@@ -215,7 +209,7 @@ def run_sweep(problem: Problem, dataset_id: str, sizes: Sequence[int | str], see
              "",
              markdown_table(fields, [[_fmt(r.get(k, "")) for k in fields] for r in rows])]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
-    write_records(sweep_records(problem, dataset_id, profile, seed, results, device), out / RECORDS_FILE)
+    write_records(sweep_records(problem, dataset_id, profile, seed, results, device), out)
     return [out / "groups.csv", out / "summary.csv", out / "summary.md", out / RECORDS_FILE]
 
 

@@ -84,6 +84,11 @@ class GroupResult:
         if bad:
             raise ValueError(f"GroupResult for {self.group} has non-finite metrics for {bad}")
 
+    def extra_value(self, metric: str, task: str, split: str = "test") -> float | None:
+        """Task ``task``'s further metric ``metric`` on ``split``; None where it is missing or undefined (NaN)."""
+        value = self.extra.get(split, {}).get(metric, {}).get(task)
+        return None if value is None or math.isnan(value) else float(value)
+
     def to_json(self) -> dict:
         data = asdict(self)
         data["group"] = list(self.group)
