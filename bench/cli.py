@@ -368,10 +368,13 @@ def _cmd_perf(args) -> int:
             print(path)
         return 0
     if args.what == "signals":
-        from bench.signal_perf import sca_cost, signal_costs, write_signal_report
+        from bench.signal_perf import LAYOUTS, sca_cost, signal_costs, write_signal_report
 
         print("timing the training signals against plain training ...", file=sys.stderr)
-        rows = signal_costs(repeats=args.repeats, quick=args.quick)
+        rows = []
+        for layout in LAYOUTS:
+            print(f"  {layout} inputs", file=sys.stderr)
+            rows += signal_costs(repeats=args.repeats, quick=args.quick, layout=layout)
         print("timing SCA against one MTL training ...", file=sys.stderr)
         rows.append(sca_cost(repeats=args.repeats, quick=args.quick))
         for path in write_signal_report(rows, args.out):

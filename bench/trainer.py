@@ -122,20 +122,35 @@ class MTLModel(nn.Module):
         by_id = {key: z for key, z in zip(distinct, zs)}
         return {t: self.heads[t](by_id[id(x)]) for t, x in inputs.items()}
 
-    def forward_parts(self, inputs: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], EncoderParts | None]:
+    def forward_parts(self, inputs: Mapping[str, torch.Tensor], layers: list[tuple[str, nn.Module]] | None = None
+                      ) -> tuple[dict[str, torch.Tensor], EncoderParts | None]:
         """:meth:`forward` (same values), also returning the encoder output and each task's view of it.
 
         Every head reads its own view node of the encoder output ``z`` (rows ``rows[t]``), so the gradient of the
         summed loss with respect to ``head_inputs[t]`` is exactly task ``t``'s cotangent at ``z``: one backward
         pass gives all n cotangents, which :meth:`_Loop.per_task_gradients` then pushes through the encoder in one
         batched backward.
+
+        ``layers`` (:func:`row_wise_layers` of the encoder): with per-task inputs the encoder is run layer by layer
+        (the same operations as its ``forward``) and every ``nn.Linear``'s input and output are kept in
+        ``EncoderParts.linears``, from which the per-task gradients are segment sums (see
+        :meth:`_Loop.task_gradient_stack`).
         """
         distinct: dict[int, torch.Tensor] = {}
         for x in inputs.values():
             distinct.setdefault(id(x), x)
         xs = list(distinct.values())
         full = len(xs) == 1
-        z = self.encoder(xs[0] if full else torch.cat(xs))
+        linears: list[tuple[str, torch.Tensor, torch.Tensor]] | None = None
+        if not full and layers is not None:  # per-task inputs through a row-wise encoder: record every Linear
+            z, linears = torch.cat(xs), []
+            for path, layer in layers:
+                out = layer(z)
+                if isinstance(layer, nn.Linear):
+                    linears.append((path, z, out))
+                z = out
+        else:
+            z = self.encoder(xs[0] if full else torch.cat(xs))
         if not isinstance(z, torch.Tensor):  # structured encoder output (shared inputs only): no views to take
             return {t: self.heads[t](z) for t in inputs}, None
         starts, offset = {}, 0
@@ -148,7 +163,7 @@ class MTLModel(nn.Module):
         else:
             head_inputs = {t: z[a:b] for t, (a, b) in rows.items()}
         out = {t: self.heads[t](h) for t, h in head_inputs.items()}
-        return out, EncoderParts(z, rows, head_inputs)
+        return out, EncoderParts(z, rows, head_inputs, linears)
 
     def shared_parameters(self) -> dict[str, nn.Parameter]:
         return {f"encoder.{n}": p for n, p in self.encoder.named_parameters()}
@@ -168,6 +183,38 @@ class EncoderParts:
     z: torch.Tensor
     rows: dict[str, tuple[int, int]]
     head_inputs: dict[str, torch.Tensor]
+    linears: list[tuple[str, torch.Tensor, torch.Tensor]] | None = None
+    """Per-task inputs through a row-wise encoder: ``(module path, input, output)`` of every ``nn.Linear`` of the
+    encoder, in forward order."""
+
+
+ROW_WISE = (nn.Linear, nn.Identity, nn.Dropout, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
+            nn.SiLU, nn.Mish, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Softsign, nn.Hardtanh, nn.Hardsigmoid,
+            nn.Hardswish, nn.Tanhshrink)
+"""Modules that map each sample (row) on its own and hold no parameters except ``nn.Linear``'s."""
+
+
+def row_wise_layers(encoder: nn.Module) -> list[tuple[str, nn.Module]] | None:
+    """The leaf modules of ``encoder`` in forward order when it is an ``nn.Sequential`` (nested ones allowed) of
+    :data:`ROW_WISE` modules, each used once; otherwise ``None``.
+
+    Such an encoder maps every sample on its own (no batch statistics, no mixing of rows) and all its parameters
+    are ``nn.Linear`` weights and biases, so with per-task inputs the gradient of task ``t``'s loss with respect to
+    a Linear's weight is ``delta_t^T a_t`` over task ``t``'s rows alone (``a``: the layer's input, ``delta``: the
+    summed loss's gradient at its output). Exact types only: a subclass may redefine ``forward``.
+    """
+    if type(encoder) is not nn.Sequential:
+        return None
+    layers: list[tuple[str, nn.Module]] = []
+    for path, module in encoder.named_modules(remove_duplicate=False):
+        if type(module) is nn.Sequential:
+            continue
+        if type(module) not in ROW_WISE:
+            return None
+        layers.append((path, module))
+    if len({id(m) for _, m in layers}) != len(layers):
+        return None
+    return layers
 
 
 @dataclass
@@ -175,9 +222,10 @@ class TaskGradients:
     """Per-task gradients of one step, stacked: ``shared[name]`` has shape ``(n, *param.shape)`` with row ``i`` the
     gradient of task ``tasks[i]``'s loss; ``heads[name]`` is the gradient of a head parameter (it depends on its
     own task's loss only). ``unused`` names parameters no loss reached (zero here; the update leaves their
-    ``grad`` unset, as a plain backward would); ``method`` says how they were computed: ``two_stage`` (heads,
-    then one batched backward through the encoder), ``batched`` (one batched backward of the stacked losses) or
-    ``loop`` (one backward per task)."""
+    ``grad`` unset, as a plain backward would); ``method`` says how they were computed: ``segments`` (per-task
+    inputs through a row-wise encoder: one backward, then per-task sums over each task's rows), ``two_stage``
+    (heads, then one batched backward through the encoder), ``batched`` (one batched backward of the stacked
+    losses) or ``loop`` (one backward per task)."""
 
     tasks: Group
     shared: dict[str, torch.Tensor]
@@ -354,6 +402,7 @@ class _Loop:
         self._ones: torch.Tensor | None = None
         # forward_parts mirrors MTLModel.forward; a subclass with its own forward keeps its forward
         self._plain_forward = isinstance(model, MTLModel) and type(model).forward is MTLModel.forward
+        self._layers = row_wise_layers(model.encoder) if self._plain_forward else None
         self.parts: EncoderParts | None = None
         self.gradient_fallback: str | None = None
         params = list(model.parameters())
@@ -385,7 +434,7 @@ class _Loop:
         if params:
             out = torch.func.functional_call(self.model, dict(params), (batch.inputs,), strict=False)
         elif capture and self._plain_forward:
-            out, self.parts = self.model.forward_parts(batch.inputs)
+            out, self.parts = self.model.forward_parts(batch.inputs, self._layers)
         else:
             out = self.model(batch.inputs)
         return {t: self.loss_fns[t](out[t], batch.targets[t]) for t in self.group}
@@ -415,6 +464,10 @@ class _Loop:
             raise UsageError(f"method must be auto, batched or loop, got {method!r}")
         if method != "loop" and self.gradient_fallback is None:
             try:
+                if parts is not None and parts.linears is not None:
+                    segments = self._segments(parts)
+                    if segments is not None:
+                        return self._segment_gradients(losses, parts, segments)
                 if parts is not None:
                     return self._two_stage_gradients(losses, parts)
                 return self._batched_gradients(losses)
@@ -459,6 +512,54 @@ class _Loop:
         shared_grads, unused = self._filled(shared, values, n)
         head_grads, unused_heads = self._filled(heads, first[n:], None)
         return TaskGradients(group, shared_grads, head_grads, frozenset(unused | unused_heads), "two_stage")
+
+    def _segments(self, parts: EncoderParts) -> int | torch.Tensor | None:
+        """How task ``t``'s rows sit in the encoded batch: an ``int`` ``b`` when the tasks hold consecutive blocks
+        of ``b`` rows in group order; else an ``(n, b_max)`` index into the rows plus one zero row (index ``N``)
+        that pads the shorter tasks; ``None`` when two tasks share rows (then no task owns its rows)."""
+        spans = [parts.rows[t] for t in self.group]
+        if len(set(spans)) != len(spans):
+            return None
+        sizes = [b - a for a, b in spans]
+        total = parts.z.shape[0]
+        if all(a == i * sizes[0] and b - a == sizes[0] for i, (a, b) in enumerate(spans)) and total == sum(sizes):
+            return sizes[0]
+        index = torch.full((len(spans), max(sizes)), total, dtype=torch.long, device=parts.z.device)
+        for i, (a, b) in enumerate(spans):
+            index[i, : b - a] = torch.arange(a, b, device=parts.z.device)
+        return index
+
+    def _segment_gradients(self, losses, parts: EncoderParts, segments: int | torch.Tensor) -> TaskGradients:
+        """Per-task inputs through a row-wise encoder (:func:`row_wise_layers`): ONE backward of the summed loss
+        to the outputs of the encoder's Linear layers and to the heads' parameters (no weight gradients are formed
+        in it), then per Linear ``grad_t W = delta_t^T a_t`` and ``grad_t b = sum of delta_t`` over task ``t``'s
+        rows, as one batched matrix product: the same arithmetic as the weight gradients of one ordinary backward.
+        """
+        group, n = self.group, len(self.group)
+        heads = self._heads
+        roots = [losses[t] for t in group]
+        if self._ones is None or self._ones.dtype != roots[0].dtype or self._ones.device != roots[0].device:
+            self._ones = torch.ones((), dtype=roots[0].dtype, device=roots[0].device)
+        outputs = [out for _, _, out in parts.linears]
+        values = torch.autograd.grad(roots, [*outputs, *heads.values()], grad_outputs=[self._ones] * n,
+                                     retain_graph=True, allow_unused=True)
+
+        def by_task(rows: torch.Tensor) -> torch.Tensor:  # (N, ..., k) -> (n, rows per task, k)
+            if not isinstance(segments, int):
+                rows = torch.cat([rows, rows.new_zeros((1, *rows.shape[1:]))])[segments]
+            return rows.reshape(n, -1, rows.shape[-1])
+
+        shared_grads: dict[str, torch.Tensor] = {}
+        for (path, inp, out), delta in zip(parts.linears, values):
+            if delta is None:
+                delta = torch.zeros_like(out)
+            d = by_task(delta.detach())
+            shared_grads[f"encoder.{path}.weight"] = torch.bmm(d.transpose(1, 2), by_task(inp.detach()))
+            if f"encoder.{path}.bias" in self._shared:
+                shared_grads[f"encoder.{path}.bias"] = d.sum(1)
+        shared_grads = {name: shared_grads[name] for name in self._shared}  # the parameters' own order
+        head_grads, unused = self._filled(heads, values[len(outputs):], None)
+        return TaskGradients(group, shared_grads, head_grads, frozenset(unused), "segments")
 
     def _batched_gradients(self, losses) -> TaskGradients:
         group, n = self.group, len(self.group)

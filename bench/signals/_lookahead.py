@@ -40,7 +40,7 @@ from torch import nn
 
 from bench.errors import Unsupported, UsageError
 from bench.signals.base import SignalCallback
-from bench.trainer import StepContext, TaskGradients
+from bench.trainer import MTLModel, StepContext, TaskGradients, row_wise_layers
 
 
 class FlatParams:
@@ -110,12 +110,14 @@ def _terms(ctx: StepContext, flat: FlatParams, grads: torch.Tensor):
     ``direction`` is always a fresh ``(P, D)`` tensor the caller may modify in place. The arithmetic works in
     place on at most two ``(P, D)`` temporaries: large short-lived allocations cost more than the arithmetic on a
     CPU (each one can be page-faulted in anew), and with transfer gain's ``n(n+1)/2`` rows they add up.
+    ``theta`` (a copy of the parameters) is ``None`` unless the update needs it (weight decay); ``theta_eff`` is
+    ``None`` when it equals ``theta``.
     """
     opt, group = ctx.optimizer, _group(ctx, flat)
-    theta = flat.values()
     maximize = bool(group.get("maximize", False))
     lr = float(group["lr"])
     wd = float(group.get("weight_decay", 0.0))
+    theta = flat.values() if wd != 0 else None
     if isinstance(opt, torch.optim.SGD):
         mu, damp = float(group["momentum"]), float(group["dampening"])
         d = grads.neg() if maximize else grads.clone()
@@ -132,33 +134,39 @@ def _terms(ctx: StepContext, flat: FlatParams, grads: torch.Tensor):
                 d = d.add_(new_buf, alpha=mu) if group["nesterov"] else new_buf
             elif group["nesterov"]:
                 d.mul_(1 + mu)  # first update: buf' = d, then d + mu buf'
-        return theta, theta, d, lr
+        return theta, None, d, lr
     if isinstance(opt, torch.optim.Adam):  # AdamW is an Adam with decoupled_weight_decay=True
         b1, b2 = (float(b) for b in group["betas"])
         eps = float(group["eps"])
         decoupled = bool(group.get("decoupled_weight_decay", isinstance(opt, torch.optim.AdamW)))
-        theta_eff = theta
-        g = grads.neg() if maximize else grads.clone()
+        theta_eff = None
+        g = grads.neg() if maximize else grads
         if wd != 0:
             if decoupled:
                 theta_eff = theta * (1 - lr * wd)
             else:
-                g.add_(theta, alpha=wd)
+                g = g.add(theta, alpha=wd)
         m, _ = flat.state(ctx, "exp_avg")
         v, _ = flat.state(ctx, "exp_avg_sq")
-        m_new = torch.lerp(m.expand_as(g), g, 1 - b1) if m is not None else g * (1 - b1)
-        v_new = g.mul_(g).mul_(1 - b2)  # g is no longer needed: v' = b2 v + (1 - b2) g^2, in its memory
-        if v is not None:
-            v_new.add_(v * b2)
         steps = [float(ctx.optimizer_state(p).get("step", 0.0)) + 1 for p in flat.params]
-        k = flat.per_element(steps, theta)
+        k = flat.per_element(steps, grads)
         bc1 = 1 - b1**k
-        bc2_sqrt = (1 - b2**k) ** 0.5
+        bc2 = 1 - b2**k
+        # v' / bc2 in one pass: (b2 v + (1 - b2) g^2) / (1 - b2^k), so that sqrt(.) is torch's
+        # sqrt(v') / sqrt(1 - b2^k) (equal up to rounding)
+        if isinstance(bc2, float):
+            v_hat = torch.addcmul(v * (b2 / bc2), g, g, value=(1 - b2) / bc2) if v is not None else \
+                g.square().mul_((1 - b2) / bc2)
+        else:
+            v_hat = g.square().mul_((1 - b2) / bc2)
+            if v is not None:
+                v_hat.add_(v * (b2 / bc2))
         if group.get("amsgrad", False):
             v_max, _ = flat.state(ctx, "max_exp_avg_sq")
             if v_max is not None:
-                torch.maximum(v_new, v_max, out=v_new)
-        direction = m_new.div_(v_new.sqrt_().div_(bc2_sqrt).add_(eps))
+                torch.maximum(v_hat, v_max / bc2, out=v_hat)
+        m_new = torch.lerp(m.expand_as(g), g, 1 - b1) if m is not None else g * (1 - b1)
+        direction = m_new.div_(v_hat.sqrt_().add_(eps))
         if isinstance(bc1, float):
             return theta, theta_eff, direction, lr / bc1
         return theta, theta_eff, direction.mul_(lr / bc1), 1.0
@@ -167,8 +175,9 @@ def _terms(ctx: StepContext, flat: FlatParams, grads: torch.Tensor):
 
 def virtual_parameters(ctx: StepContext, flat: FlatParams, grads: torch.Tensor) -> torch.Tensor:
     """``(P, D)``: row ``p`` = the parameters after the optimiser's step from gradient ``grads[p]`` alone."""
-    _, theta_eff, direction, scale = _terms(ctx, flat, grads)
-    return direction.mul_(-scale).add_(theta_eff)
+    theta, theta_eff, direction, scale = _terms(ctx, flat, grads)
+    base = theta_eff if theta_eff is not None else theta if theta is not None else flat.values()
+    return direction.mul_(-scale).add_(base)
 
 
 def virtual_update(ctx: StepContext, flat: FlatParams, grads: torch.Tensor) -> torch.Tensor:
@@ -176,7 +185,7 @@ def virtual_update(ctx: StepContext, flat: FlatParams, grads: torch.Tensor) -> t
     (computed directly, without the cancellation of subtracting two nearby parameter vectors)."""
     theta, theta_eff, direction, scale = _terms(ctx, flat, grads)
     update = direction.mul_(scale) if scale != 1.0 else direction
-    if theta_eff is not theta:
+    if theta_eff is not None:
         update.add_(theta - theta_eff)
     return update
 
@@ -204,27 +213,201 @@ def lookahead_losses_loop(ctx: StepContext, replaced: Mapping[str, torch.Tensor]
     return torch.stack(out)
 
 
+class StackedHeads:
+    """The heads of a training evaluated as ONE module with stacked parameters, where they allow it.
+
+    When every head has the same type and the same parameter names and shapes, every task has the same loss
+    function, the model holds no buffers and uses :class:`~bench.trainer.MTLModel`'s own forward, the n heads'
+    outputs and losses are one ``vmap`` over a task axis (of ``functional_call`` of the first head with the
+    stacked parameters) instead of n head calls and n loss calls: the per-operation cost of a vmapped call then
+    no longer grows with n. A step whose batch does not stack (targets of different shapes; per-task inputs of
+    different sizes) is evaluated the general way. ``None`` from :meth:`build` where the heads do not allow it.
+    """
+
+    def __init__(self, model: MTLModel, group, loss_fn) -> None:
+        self.model, self.group, self.loss_fn = model, tuple(group), loss_fn
+        self.template = model.heads[self.group[0]]
+        self.names = [k for k, _ in self.template.named_parameters()]
+        self.layers = row_wise_layers(model.encoder)
+
+    @classmethod
+    def build(cls, model: nn.Module, group, loss_fns: Mapping) -> StackedHeads | None:
+        if not isinstance(model, MTLModel) or type(model).forward is not MTLModel.forward:
+            return None
+        if any(True for _ in model.buffers()) or len({id(loss_fns[t]) for t in group}) != 1:
+            return None
+        heads = [model.heads[t] for t in group]
+        shapes = [[(k, p.shape, p.dtype) for k, p in h.named_parameters()] for h in heads]
+        if len({type(h) for h in heads}) != 1 or any(s != shapes[0] for s in shapes) or not shapes[0]:
+            return None
+        return cls(model, group, loss_fns[group[0]])
+
+    def batch(self, batch) -> tuple[torch.Tensor, torch.Tensor, bool] | None:
+        """``(x, y, shared)``: the shared input ``(N, ...)`` or the stacked per-task inputs ``(n, b, ...)``, the
+        stacked targets ``(n, ...)``; ``None`` when this batch does not stack."""
+        xs = [batch.inputs[t] for t in self.group]
+        ys = [batch.targets[t] for t in self.group]
+        if any(y.shape != ys[0].shape for y in ys):
+            return None
+        if all(x is xs[0] for x in xs):
+            return xs[0], torch.stack(ys), True
+        if len({id(x) for x in xs}) != len(xs) or any(x.shape != xs[0].shape for x in xs):
+            return None
+        return torch.stack(xs), torch.stack(ys), False
+
+    def parameters(self, fixed: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The heads' parameters (``fixed`` where given, else the model's), stacked: ``name -> (n, ...)``."""
+        own = dict(self.model.named_parameters())
+        out = {}
+        for k in self.names:
+            full = [f"heads.{t}.{k}" for t in self.group]
+            out[k] = torch.stack([(fixed[f] if f in fixed else own[f]).detach() for f in full])
+        return out
+
+    def _losses(self, heads: dict, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Task-axis vmap: ``heads`` ``(m, ...)``, features ``z`` ``(m, rows, F)``, targets ``(m, ...)`` -> ``(m,)``."""
+        template, loss = self.template, self.loss_fn
+        if type(template) is nn.Linear and z.ndim == 3:  # the common head: one batched product
+            weight, bias = heads["weight"], heads.get("bias")
+            out = torch.bmm(z, weight.transpose(1, 2)) if bias is None else \
+                torch.baddbmm(bias.unsqueeze(1), z, weight.transpose(1, 2))
+            return torch.func.vmap(loss)(out, y)
+
+        def one(params, features, target):
+            return loss(torch.func.functional_call(template, params, (features,)), target)
+
+        return torch.func.vmap(one)(heads, z, y)
+
+    def encode(self, encoder: dict, x: torch.Tensor, per_set: bool) -> torch.Tensor:
+        """``(P, rows, F)``: the encoder under each of the ``P`` parameter sets, on ``x`` (``(rows, ...)``, the same
+        for every set) or on ``x[p]`` (``per_set``). A row-wise encoder (:func:`~bench.trainer.row_wise_layers`)
+        runs its layers set by set (a CPU's batched matrix product of these shapes is about twice slower than
+        the same products one by one); any other encoder runs as one ``vmap`` of ``functional_call``."""
+        rows = next(iter(encoder.values())).shape[0]
+        if self.layers is None:
+            enc = self.model.encoder
+            return torch.func.vmap(lambda params, inputs: torch.func.functional_call(enc, params, (inputs,)),
+                                   in_dims=(0, 0 if per_set else None), randomness="error")(encoder, x)
+        out = []
+        for p in range(rows):
+            z = x[p] if per_set else x
+            for path, layer in self.layers:
+                if isinstance(layer, nn.Linear):
+                    bias = encoder.get(f"{path}.bias")
+                    z = nn.functional.linear(z, encoder[f"{path}.weight"][p], None if bias is None else bias[p])
+                else:
+                    z = layer(z)
+            out.append(z)
+        return torch.stack(out)
+
+    def all_tasks(self, encoder: dict, heads: dict, x: torch.Tensor, y: torch.Tensor, shared: bool) -> torch.Tensor:
+        """``(P, n)`` losses of every task under ``P`` encoder parameter sets (``encoder``: ``(P, ...)`` each)."""
+        n = len(self.group)
+        z = self.encode(encoder, x if shared else x.reshape(-1, *x.shape[2:]), per_set=False)  # (P, N, F)
+        sets = z.shape[0]
+        z = z.unsqueeze(1).expand(sets, n, *z.shape[1:]) if shared else z.reshape(sets, n, -1, *z.shape[2:])
+        return self._over_sets(heads, z, y.expand(sets, *y.shape))
+
+    def members(self, encoder: dict, heads: dict, x: torch.Tensor, y: torch.Tensor, members: torch.Tensor
+                ) -> torch.Tensor:
+        """Per-task inputs only: ``(P, m)`` losses of the tasks ``members[p]`` (an ``(P, m)`` index into the
+        group), each set encoding only its members' samples (``m x b`` rows instead of ``n x b``)."""
+        sets, m = members.shape
+        xs = x[members]  # (P, m, b, ...)
+        z = self.encode(encoder, xs.reshape(sets, -1, *xs.shape[3:]), per_set=True)
+        own = {k: v[members] for k, v in heads.items()}  # (P, m, ...)
+        return self._over_sets(own, z.reshape(sets, m, -1, *z.shape[2:]), y[members], per_set_heads=True)
+
+    def _over_sets(self, heads: dict, z: torch.Tensor, y: torch.Tensor, per_set_heads: bool = False
+                   ) -> torch.Tensor:
+        """``(P, m)`` losses from features ``(P, m, rows, F)`` and targets ``(P, m, ...)``, with the heads'
+        parameters ``(m, ...)`` (or ``(P, m, ...)``), as one task-axis vmap over the ``P * m`` pairs."""
+        sets, m = z.shape[:2]
+        if not per_set_heads:
+            heads = {k: v.expand(sets, *v.shape) for k, v in heads.items()}
+        flat = {k: v.reshape(sets * m, *v.shape[2:]) for k, v in heads.items()}
+        out = self._losses(flat, z.reshape(sets * m, *z.shape[2:]), y.reshape(sets * m, *y.shape[2:]))
+        return out.reshape(sets, m)
+
+
 class Lookahead:
     """Batched re-evaluation of the task losses under ``P`` replacement parameter sets (see the module
     docstring). One instance per training: it remembers a fallback to the loop."""
 
     def __init__(self) -> None:
         self.fallback: str | None = None
+        self.stack_fallback: str | None = None
         self.calls = 0
         self._buffers: tuple[nn.Module, dict[str, torch.Tensor]] | None = None
         self._tied = True
+        self._stacked: tuple[nn.Module, StackedHeads | None] | None = None
 
     def losses(self, ctx: StepContext, replaced: Mapping[str, torch.Tensor],
                fixed: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         """``(P, n)``: row ``p`` holds every task's loss (``ctx.group`` order) on this step's batch with
         ``replaced[name][p]`` (and ``fixed[name]`` for every row) substituted; train mode; no gradients."""
         self.calls += 1
+        fixed = dict(fixed or {})
+        stacked = self._stacked_call(ctx, replaced, fixed)
+        if stacked is not None:
+            return stacked(lambda heads, enc, x, y, shared: self.stacked.all_tasks(enc, heads, x, y, shared))
         if self.fallback is None:
             try:
-                return self._vmapped(ctx, replaced, dict(fixed or {}))
+                return self._vmapped(ctx, replaced, fixed)
             except Exception as exc:  # noqa: BLE001 -- the loop below re-raises a genuine error of the model
                 self.fallback = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
         return lookahead_losses_loop(ctx, replaced, fixed)
+
+    def member_losses(self, ctx: StepContext, replaced: Mapping[str, torch.Tensor],
+                      fixed: Mapping[str, torch.Tensor] | None, members: torch.Tensor) -> torch.Tensor | None:
+        """``(P, m)``: the losses of tasks ``members[p]`` (indices into ``ctx.group``) only, each set encoding
+        only its members' samples; per-task inputs with stacked heads only (else ``None``: use :meth:`losses`,
+        which evaluates every task)."""
+        stacked = self._stacked_call(ctx, replaced, dict(fixed or {}), per_task_only=True)
+        if stacked is None:
+            return None
+        self.calls += 1
+        return stacked(lambda heads, enc, x, y, shared: self.stacked.members(enc, heads, x, y, members))
+
+    @property
+    def stacked(self) -> StackedHeads | None:
+        return self._stacked[1] if self._stacked is not None else None
+
+    def _stacked_call(self, ctx: StepContext, replaced: Mapping[str, torch.Tensor], fixed: dict,
+                      per_task_only: bool = False):
+        """A runner of a :class:`StackedHeads` evaluation for this step, or ``None`` where it does not apply."""
+        model = ctx.model
+        if self._stacked is None or self._stacked[0] is not model:
+            self._stacked = (model, StackedHeads.build(model, ctx.group, ctx._trainer.loss_fns))
+        heads = self.stacked
+        if heads is None or self.stack_fallback is not None or self.fallback is not None:
+            return None
+        if any(not k.startswith("encoder.") for k in replaced) or any(not k.startswith("heads.") for k in fixed):
+            return None
+        batch = heads.batch(ctx.batch)
+        if batch is None or (per_task_only and batch[2]):
+            return None
+        x, y, shared = batch
+        encoder = {k[len("encoder."):]: v for k, v in replaced.items()}
+
+        def run(evaluate):
+            ctx._trainer.set_mode(True)
+            try:
+                with torch.inference_mode():
+                    return evaluate(heads.parameters(fixed), encoder, x, y, shared)
+            except Exception as exc:  # noqa: BLE001 -- the general path re-raises a genuine error of the model
+                self.stack_fallback = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+                return None
+
+        def call(evaluate):
+            out = run(evaluate)
+            if out is None:  # failed: this step (and the rest of the training) the general way
+                if per_task_only:
+                    return None
+                return self.losses(ctx, replaced, fixed)
+            return out
+
+        return call
 
     def _vmapped(self, ctx: StepContext, replaced: Mapping[str, torch.Tensor], fixed: dict) -> torch.Tensor:
         loop = ctx._trainer  # the trainer's own loss functions and mode switch (no public need for them)
@@ -299,6 +482,10 @@ class GradientCallback(SignalCallback):
             out["lookahead"] = "vmap" if self.lookahead.fallback is None else "loop"
             if self.lookahead.fallback is not None:
                 out["lookahead_fallback"] = self.lookahead.fallback
+            stacked = self.lookahead.stacked is not None and self.lookahead.stack_fallback is None
+            out["lookahead_heads"] = "stacked" if stacked else "one by one"
+            if self.lookahead.stack_fallback is not None:
+                out["lookahead_heads_fallback"] = self.lookahead.stack_fallback
         return out
 
 

@@ -52,6 +52,7 @@ class TransferGainCallback(GradientCallback):
         self.gen = rng(seed, "transfer_gain")
         self.heads: FlatParams | None = None
         self.pairs_evaluated = 0
+        self.forward_batches = 0.0
 
     def on_train_start(self, group, model, optimizer):
         super().on_train_start(group, model, optimizer)
@@ -62,7 +63,7 @@ class TransferGainCallback(GradientCallback):
         if not self.sample:
             return np.arange(n)
         size = int(self.gen.integers(1, n + 1))
-        return np.sort(self.gen.choice(n, size=size, replace=False))
+        return np.sort(self.gen.permutation(n)[:size])  # a uniformly random subset of that size
 
     def step_matrix(self, ctx):
         n = len(ctx.group)
@@ -73,28 +74,50 @@ class TransferGainCallback(GradientCallback):
         grads, flat = self.gradients(ctx)
         src, dst = np.triu_indices(size, k=1)
         first, second = members[src], members[dst]  # every unordered pair of the subset
-        pick = np.zeros((size + len(first), n), dtype=np.float32)
-        pick[np.arange(size), members] = 1.0  # singles: g_j
-        pick[size + np.arange(len(first)), first] = 1.0  # pairs: g_i + g_j (exact: the other terms are zeros)
-        pick[size + np.arange(len(first)), second] = 1.0
-        sets = torch.from_numpy(pick).to(dtype=flat.dtype, device=flat.device) @ flat  # one product, one tensor
+        index = torch.from_numpy(np.concatenate([members, first, second])).to(flat.device)
+        rows = flat[index]  # singles g_j, then both members of every pair
+        sets = torch.cat([rows[:size], rows[size : size + len(first)] + rows[size + len(first) :]])
         shared = self.shared.unflatten(virtual_parameters(ctx, self.shared, sets))
         head_grads = self.heads.flatten({k: g.unsqueeze(0) for k, g in grads.heads.items()})
         heads = {k: v[0] for k, v in self.heads.unflatten(virtual_parameters(ctx, self.heads, head_grads)).items()}
-        after = self.lookahead.losses(ctx, shared, heads).cpu().numpy().astype(np.float64)  # (P, n)
-        self.extra_forward += after.shape[0]
+        self.extra_forward += size + len(first)
         self.pairs_evaluated += len(first)
-        alone = after[np.arange(size), members]  # L_j(phi_j, theta_j') for j in the subset
-        base = {int(t): alone[k] for k, t in enumerate(members)}
-        rows = size + np.arange(len(first))
+        own = self.member_losses(ctx, shared, heads, members, first, second)
+        if own is not None:  # per-task inputs: each set encoded only its members' samples
+            alone, on_first, on_second = own
+            self.forward_batches += 2 * (size + len(first)) / n
+        else:  # every set evaluates every task's loss on the whole batch
+            after = self.lookahead.losses(ctx, shared, heads).cpu().numpy().astype(np.float64)  # (P, n)
+            rows = size + np.arange(len(first))
+            alone, on_first, on_second = after[np.arange(size), members], after[rows, first], after[rows, second]
+            self.forward_batches += size + len(first)
+        base = np.zeros(n)
+        base[members] = alone  # L_j(phi_j, theta_j') for j in the subset
         out = np.full((n, n), np.nan)
         out[members, members] = 0.0
-        out[second, first] = 1.0 - after[rows, second] / np.array([base[int(t)] for t in second])  # S[i -> j]
-        out[first, second] = 1.0 - after[rows, first] / np.array([base[int(t)] for t in first])  # S[j -> i]
+        out[second, first] = 1.0 - on_second / base[second]  # S[i -> j]
+        out[first, second] = 1.0 - on_first / base[first]  # S[j -> i]
         return out
 
+    def member_losses(self, ctx, shared, heads, members, first, second):
+        """``(alone, on_first, on_second)`` from sets that encode only their members' samples: ``alone[k]`` =
+        ``L_j(phi_j)`` for ``j = members[k]``; ``on_first[p]`` / ``on_second[p]`` = the pair's two losses under
+        ``phi_{i,j}``; ``None`` where the lookahead cannot restrict a set to its members (shared inputs, or
+        heads that do not stack)."""
+        size = len(members)
+        device = next(iter(shared.values())).device
+        # one call for all sets: a single {j} is the "pair" (j, j), of which only the first loss is read (its
+        # second copy of j's samples costs less than a second call)
+        sets = np.concatenate([np.stack([members, members], axis=1), np.stack([first, second], axis=1)])
+        losses = self.lookahead.member_losses(ctx, shared, heads, torch.as_tensor(sets, device=device))
+        if losses is None:
+            return None
+        losses = losses.cpu().numpy().astype(np.float64)
+        return losses[:size, 0], losses[size:, 0], losses[size:, 1]
+
     def info(self):
-        return {**super().info(), "sample": self.sample, "pairs_evaluated": self.pairs_evaluated}
+        return {**super().info(), "sample": self.sample, "pairs_evaluated": self.pairs_evaluated,
+                "extra_forward_batches": self.forward_batches}
 
 
 class TransferGain(TrainingSignal):

@@ -17,11 +17,12 @@ import math
 import pytest
 import torch
 
-from bench.signal_perf import cost_problem, signal_costs, variants, write_signal_report
+from bench.errors import UsageError
+from bench.signal_perf import LAYOUTS, cost_problem, signal_costs, variants, write_signal_report
 
-PROBLEM = cost_problem(9, steps=64)
-GROUP = PROBLEM.task_names
-MAKERS = variants(tuple(sorted(GROUP)), seed=0)
+PROBLEMS = {layout: cost_problem(9, steps=64, layout=layout) for layout in LAYOUTS}
+GROUP = PROBLEMS["shared"].task_names
+MAKERS = variants(tuple(sorted(GROUP)))
 
 
 @pytest.fixture
@@ -32,13 +33,14 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("variant", list(MAKERS))
-def test_benchmark_training_with_signal(benchmark, one_thread, variant):
-    benchmark.group = "signal-cost"
+def test_benchmark_training_with_signal(benchmark, one_thread, variant, layout):
+    benchmark.group = f"signal-cost-{layout}"
 
     def run():
-        callbacks = MAKERS[variant]()
-        result = PROBLEM.train(GROUP, 0, callbacks=callbacks)
+        callbacks = MAKERS[variant](0)
+        result = PROBLEMS[layout].train(GROUP, 0, callbacks=callbacks)
         return result, callbacks
 
     result, callbacks = benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
@@ -48,20 +50,23 @@ def test_benchmark_training_with_signal(benchmark, one_thread, variant):
         benchmark.extra_info.update({k: v for k, v in callbacks[0].info().items() if isinstance(v, (int, str))})
 
 
-def test_signal_cost_ratios(benchmark, capsys):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_signal_cost_ratios(benchmark, capsys, layout):
     benchmark.group = "signal-cost-ratio"
     repeats = 1 if benchmark.disabled else 5
-    rows = benchmark.pedantic(lambda: signal_costs(steps=64, repeats=repeats), rounds=1, iterations=1)
+    rows = benchmark.pedantic(lambda: signal_costs(steps=64, repeats=repeats, layout=layout), rounds=1,
+                              iterations=1)
     benchmark.extra_info.update({r["variant"]: round(r["ratio"], 3) for r in rows})
     with capsys.disabled():  # shown even without -s
-        print("\nsignal cost (ratio to plain training, 9 tasks, 64 steps): " + ", ".join(
+        print(f"\nsignal cost ({layout} inputs; ratio to plain training, 9 tasks, 64 steps): " + ", ".join(
             f"{r['variant']} {r['ratio']:.2f}x" + (f" [{r['target']}: {r['met']}]" if r["target"] else "")
             for r in rows))
     assert rows[0]["variant"] == "plain" and rows[0]["ratio"] == 1.0
 
 
-def test_signal_costs_quick_shape(tmp_path):
-    rows = signal_costs(quick=True)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_signal_costs_quick_shape(tmp_path, layout):
+    rows = signal_costs(quick=True, layout=layout)
     labels = [r["variant"] for r in rows]
     assert labels == ["plain", "tag", "cs", "transfer_gain", "transfer_gain[sample=true]", "etap",
                       "tag (naive loop)", "tag[every=10]", "transfer_gain[sample=true,every=10]", "etap[every=10]"]
@@ -72,12 +77,20 @@ def test_signal_costs_quick_shape(tmp_path):
     assert by["etap[every=10]"]["extra_backward"] == 8  # one observed step in 10: step 0 of the 8
     assert by["tag"]["extra_forward"] == by["tag (naive loop)"]["extra_forward"] == 9 * 8
     assert by["transfer_gain"]["extra_forward"] == 45 * 8
+    # per-task inputs: a pair's set encodes its two tasks' samples (2/9 of a batch), a single's also two copies
+    assert by["transfer_gain"]["forward_batches"] == pytest.approx(45 * 8 * (2 / 9 if layout == "per_task" else 1))
+    assert by["tag"]["forward_batches"] == 9 * 8 and all(r["layout"] == layout for r in rows)
     assert {by["etap"]["target"], by["tag"]["target"], by["transfer_gain[sample=true]"]["target"]} == {
         "<= 1.10x plain", "<= 2x plain", "< tag"}
     paths = write_signal_report(rows, tmp_path)
     assert [p.name for p in paths] == ["signal_costs.csv", "signal_costs.md"]
     text = paths[1].read_text()
     assert "| variant" in text and "tag (naive loop)" in text
+
+
+def test_unknown_layout_is_named():
+    with pytest.raises(UsageError, match="layout must be one of"):
+        cost_problem(layout="mixed")
 
 
 def test_sca_cost_quick_shape():

@@ -90,7 +90,7 @@ OPTIMIZERS = {
 
 def tiny_problem(layout: str, optimizer: str, epochs: int = 2, batch_norm: bool = True) -> TrainedProblem:
     config = TrainConfig(epochs=epochs, batch_size=8, patience=None, **OPTIMIZERS[optimizer])
-    return TrainedProblem(list(_tasks(TASKS3).values()), "synthetic", {"name": f"tiny-{layout}"},
+    return TrainedProblem(list(_tasks(TASKS3).values()), "synthetic", {"name": f"tiny-{layout}-{batch_norm}"},
                           tiny_data(layout), tiny_factory(batch_norm), config)
 
 
@@ -249,10 +249,12 @@ def test_non_trainable_problem_is_unsupported(name):
 # ------------------------------------------------------------------------------------- the trainer's gradients
 
 
+@pytest.mark.parametrize("batch_norm", [True, False], ids=["batch_norm", "row_wise"])
 @pytest.mark.parametrize("layout", ["shared", "per_task"])
-def test_batched_task_gradients_equal_the_loop(layout):
-    problem = tiny_problem(layout, "adam")
+def test_batched_task_gradients_equal_the_loop(layout, batch_norm):
+    problem = tiny_problem(layout, "adam", batch_norm=batch_norm)
     seen = []
+    fast = "segments" if layout == "per_task" and not batch_norm else "two_stage"
 
     class Check(Callback):
         wants_task_gradients = True
@@ -260,7 +262,7 @@ def test_batched_task_gradients_equal_the_loop(layout):
         def before_step(self, ctx):
             loop = ctx._trainer
             loops = loop.task_gradient_stack(ctx.losses, None, method="loop")
-            for parts, method in ((ctx._parts, "two_stage"), (None, "batched")):
+            for parts, method in ((ctx._parts, fast), (None, "batched")):
                 got = loop.task_gradient_stack(ctx.losses, parts, method="batched")
                 assert got.method == method
                 for k, g in loops.shared.items():
@@ -278,12 +280,13 @@ def test_batched_task_gradients_equal_the_loop(layout):
     assert len(seen) == 6
 
 
+@pytest.mark.parametrize("batch_norm", [True, False], ids=["batch_norm", "row_wise"])
 @pytest.mark.parametrize("wants", [True, False])
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 @pytest.mark.parametrize("layout", ["shared", "per_task"])
-def test_training_with_task_gradients_matches_plain_training(layout, optimizer, wants):
+def test_training_with_task_gradients_matches_plain_training(layout, optimizer, wants, batch_norm):
     """The update from the summed per-task gradients equals the plain backward's (no extra pass, same weights)."""
-    problem = tiny_problem(layout, optimizer, epochs=3)
+    problem = tiny_problem(layout, optimizer, epochs=3, batch_norm=batch_norm)
     models = {}
 
     class Keep(Callback):
@@ -414,9 +417,10 @@ class _Item(nn.Module):
         return x * 2.0 if float(x.sum().item()) < 1e9 else x
 
 
+@pytest.mark.parametrize("batch_norm", [True, False], ids=["batch_norm", "row_wise"])
 @pytest.mark.parametrize("layout", ["shared", "per_task"])
-def test_batched_lookahead_equals_the_loop_and_leaves_buffers(layout):
-    problem = tiny_problem(layout, "sgd")
+def test_batched_lookahead_equals_the_loop_and_leaves_buffers(layout, batch_norm):
+    problem = tiny_problem(layout, "sgd", batch_norm=batch_norm)
     checked = []
 
     class Check(Callback):
@@ -432,12 +436,37 @@ def test_batched_lookahead_equals_the_loop_and_leaves_buffers(layout):
             assert look.fallback is None and got.shape == (4, 3)
             want = la.lookahead_losses_loop(ctx, replaced, fixed)
             torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+            assert (look.stacked is None) == batch_norm and look.stack_fallback is None
+            members = torch.tensor([[2, 0], [1, 1], [0, 2], [1, 0]])
+            own = look.member_losses(ctx, replaced, fixed, members)
+            if layout == "shared" or batch_norm or ctx.step % 3 == 2:  # no members path; step 2: 8, 4, 8 rows
+                assert own is None
+            else:
+                torch.testing.assert_close(own, want.gather(1, members), rtol=1e-10, atol=1e-12)
             for k, b in ctx.model.named_buffers():
                 assert torch.equal(b, buffers[k]), k
             checked.append(ctx.step)
 
     problem.train(TASKS3, seed=0, callbacks=[Check()])
     assert len(checked) == 6
+
+
+def test_row_wise_layers_only_for_sequential_row_wise_encoders():
+    from bench.trainer import row_wise_layers
+
+    linear = nn.Linear(3, 3)
+    layers = row_wise_layers(nn.Sequential(nn.Linear(2, 3), nn.Sequential(nn.Tanh(), linear), nn.ReLU()))
+    assert [(p, type(m)) for p, m in layers] == [("0", nn.Linear), ("1.0", nn.Tanh), ("1.1", nn.Linear),
+                                                  ("2", nn.ReLU)]
+
+    class MyLinear(nn.Linear):
+        def forward(self, x):
+            return super().forward(x).mean(0, keepdim=True).expand_as(x)  # mixes rows
+
+    assert row_wise_layers(nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))) is None  # batch statistics
+    assert row_wise_layers(nn.Sequential(MyLinear(3, 3))) is None  # a subclass may redefine forward
+    assert row_wise_layers(nn.Sequential(linear, nn.ReLU(), linear)) is None  # one module used twice
+    assert row_wise_layers(nn.Linear(2, 3)) is None  # not a Sequential
 
 
 def test_lookahead_falls_back_to_the_loop_where_vmap_cannot_run():
@@ -460,11 +489,16 @@ def test_lookahead_falls_back_to_the_loop_where_vmap_cannot_run():
 # ---------------------------------------------------------------------- each signal against its slow reference
 
 
+@pytest.mark.parametrize("batch_norm", [True, False], ids=["batch_norm", "row_wise"])
 @pytest.mark.parametrize("layout", ["shared", "per_task"])
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 @pytest.mark.parametrize("name", SIGNALS)
-def test_signal_equals_slow_reference(name, optimizer, layout):
-    problem = tiny_problem(layout, optimizer)
+def test_signal_equals_slow_reference(name, optimizer, layout, batch_norm):
+    """Batch norm in the encoder: the general paths (two-stage gradients, the whole model vmapped, heads one by
+    one). A row-wise encoder without buffers: per-task inputs take the segment gradients, the lookahead stacks the
+    heads, and transfer gain encodes only a set's members (step 2 has tasks of 8, 4 and 8 rows: padded segments,
+    and a batch that does not stack, evaluated the general way)."""
+    problem = tiny_problem(layout, optimizer, batch_norm=batch_norm)
     compare = Compare(CALLBACKS[name](TASKS3), REFERENCES[name], steps=[0, 2, 5])
     problem.train(TASKS3, seed=1, callbacks=[compare])
     assert [s for s, _, _ in compare.pairs] == [0, 2, 5]
@@ -472,9 +506,12 @@ def test_signal_equals_slow_reference(name, optimizer, layout):
         np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-9, err_msg=f"step {step}")
         assert np.all(np.isfinite(got))
     info = compare.inner.info()
-    assert info["task_gradients"] == "two_stage"
+    assert info["task_gradients"] == ("segments" if layout == "per_task" and not batch_norm else "two_stage")
     if name in ("tag", "transfer_gain"):
         assert info["lookahead"] == "vmap"
+        assert info["lookahead_heads"] == ("one by one" if batch_norm else "stacked")
+    if name == "transfer_gain" and layout == "per_task" and not batch_norm:
+        assert info["extra_forward_batches"] < info["extra_forward"]  # sets restricted to their members
 
 
 def test_compute_reorders_to_the_problem_and_counts_passes():
