@@ -15,35 +15,34 @@ task, batch 64, Adam (lr 1e-3), a validation pass per epoch. Torch and BLAS are 
 Targets (reported pass/fail by :func:`write_signal_report`, never asserted in unit tests): ETAP <= 1.10x plain;
 TAG <= 2x plain at 9 tasks; ``transfer_gain[sample=true]`` below TAG.
 
-Measured on the development machine (2 shared CPU cores, one thread, 64 steps, median of 9 rounds; the spread
-between whole runs on that loaded machine is about +-0.15x): plain 0.97 ms/step; ``cs`` 1.50-1.56x, ``etap``
-1.62-1.71x, ``tag`` 2.18-2.45x (the naive loop TAG 3.9-4.1x), ``transfer_gain`` 5.1-5.8x,
-``transfer_gain[sample=true]`` 3.4-3.8x. So the TAG target is missed narrowly, the ETAP and sampling targets
-clearly. Why, per step (microseconds, measured inside the training):
+Two input layouts (``layout``): ``shared`` (one input tensor for all tasks: CelebA, ETTm1, QM9) and ``per_task``
+(every task its own samples, a step encodes 9 x 64 rows: School, Landmine, Parkinson, Chemical).
 
-- **per-task gradients** (every gradient signal; ``cs`` is nothing else): where plain training takes one gradient
-  of the summed loss (~250 us), the signals need the n gradients of the shared parameters. The trainer gets them
-  from one backward through the heads (~190 us, the same work as the plain backward's head part) and one
-  *batched* backward through the encoder (~170 us: n times the encoder's backward arithmetic in one ``vmap``,
-  against ~45 us for one encoder backward) and reuses their sum for the update, so there is no third pass. On
-  this model that is +0.5x of a whole plain step, and no implementation can go below n encoder backwards' worth
-  of arithmetic (the ETAP paper's "already computed as part of standard backpropagation" holds for a training
-  that computes per-task gradients anyway, not for one that back-propagates the summed loss). ETAP adds only
-  its virtual Adam step (~110 us) and an ``n x n`` product, hence ~1.6x: the 1.10x target would need per-task
-  gradients at the price of one backward, which a CPU with a 1 ms step cannot give (on a GPU the batched
-  backward is a few kernels per layer and this share should shrink; not measured here, no GPU was available).
-- **TAG**: per-task gradients, the virtual step (~110 us) and one vmapped lookahead over n = 9 parameter sets
-  (~450 us: 9 encoder forwards as batched matmuls plus n^2 head and loss evaluations, each vmapped operation
-  carrying a fixed dispatch cost). The naive reference-style loop (one backward per task, one Python forward per
-  lookahead) costs twice as much.
-- **transfer gain**: ``n(n+1)/2 = 45`` parameter sets per step, ``E[T(T+1)/2] = (n+1)(n+2)/6 = 18.3`` with
-  sampling. Each set needs its own encoder forward, while TAG's n sets each give all n task losses from one
-  encoder forward. The paper's cost model (Section 4.3, Table 9) counts one forward per *task loss*, ``n^2 + n``
-  for TAG against ``(n+1)(n+2)/3`` for sampled transfer gain; with a shared encoder on shared inputs the
-  harness's TAG needs n encoder forwards, not n^2, so sampled transfer gain (18.3 sets) stays above TAG (9 sets).
-  Evaluating only the two tasks of a pair would not help on shared inputs (the encoder forward dominates); on
-  per-task inputs without batch-statistics layers it could (a pair's forward would cover 2 tasks' rows instead
-  of n), which is not implemented.
+Measured on the development machine (2 shared CPU cores, one thread, 64 steps, median of 7 rounds;
+``python -m bench perf signals --out results/signals --repeats 7``), shared / per-task: plain 0.94 / 1.19 ms per
+step; ``etap`` 1.58x / 1.29x; ``cs`` 1.50x / 1.22x; ``tag`` 2.11-2.17x / 2.07-2.10x (the naive loop 3.8x /
+4.3x); ``transfer_gain[sample=true]`` 3.37x / 2.39-2.52x. So on this CPU the TAG target is missed narrowly, the
+ETAP and sampling targets clearly. Why, per step:
+
+- **per-task gradients** (every gradient signal; ``cs`` is nothing else). Shared inputs: every task's cotangent
+  reaches every sample, so the n gradients need n encoder backwards' arithmetic (one batched backward, ~+0.5x of
+  this 1 ms step); no implementation can do with less. Per-task inputs through a row-wise encoder: one ordinary
+  backward split by task (``segments`` in :mod:`bench.trainer`), the same arithmetic as plain training; what is
+  left (+0.2x) is the per-layer split and the per-parameter bookkeeping of a ~1 ms step.
+- **ETAP** adds its virtual Adam step over the n gradients (~8 elementwise passes over ``n x D``) and an ``n x n``
+  product: ~+0.1x each on this step. The 1.10x target would need those at ~0.1 ms in all; on a GPU, or with a
+  step that is not overhead-bound, the share shrinks (not measured: no GPU was available).
+- **TAG**: n = 9 lookahead parameter sets, each encoding the whole batch: 9 extra encoder forwards of arithmetic
+  (per-task inputs: 9 x 576 rows, ~0.57 ms alone; shared inputs: the cost is per-call overhead of the vmapped
+  evaluation). Stacked heads (:class:`bench.signals._lookahead.StackedHeads`) make the heads and losses one call.
+- **transfer gain**: ``n(n+1)/2 = 45`` parameter sets per step, ``E[T(T+1)/2] = (n+1)(n+2)/6 = 18.3`` with sampling.
+  On shared inputs each set needs a whole-batch encoder forward, so sampled transfer gain (18.3) stays above TAG
+  (9): the paper's cost model (Section 4.3, Table 9) counts one forward per *task loss*, ``n^2 + n`` for TAG.
+  On per-task inputs a set encodes only its members' samples (``forward_batches``: 4.4 batch-equivalents per
+  step against TAG's 9), so the arithmetic is below TAG's; what keeps the time above is the virtual step over
+  twice as many parameter sets plus the heads' virtual step (18 small tensors), i.e. per-call overhead.
+- ``transfer_gain`` without sampling on shared inputs got slower with stacked heads (5.5x -> 6.3x: 45 sets x 9
+  heads of copies); it has no target, and the sampled variant and TAG got faster.
 """
 
 from __future__ import annotations

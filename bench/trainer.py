@@ -20,7 +20,11 @@ of the losses under other shared parameters. Callbacks never patch the trainer.
 
 Per-task gradients (:meth:`StepContext.task_gradients`) cost one ordinary backward pass through the heads and one
 *batched* backward pass through the encoder (``torch.autograd.grad(..., is_grads_batched=True)``, a ``vmap`` over
-the n task cotangents), and the trainer's update is then their sum: no further backward pass. A callback that
+the n task cotangents), and the trainer's update is then their sum: no further backward pass. With per-task inputs
+and a row-wise encoder (:func:`row_wise_layers`: an ``nn.Sequential`` of ``nn.Linear`` layers and elementwise
+activations, the tabular datasets' encoders) a sample reaches only its own task's loss, so one ordinary backward
+gives every task's gradient: each Linear's weight gradient is split into per-task sums over the task's rows (the
+``segments`` method, the same arithmetic as one backward). A callback that
 will ask for them sets ``wants_task_gradients = True`` so that the step's forward keeps the encoder output and
 gives each head its own view of it (:meth:`MTLModel.forward_parts`); without that flag, or where batching fails,
 the gradients come from one batched backward of the stacked losses, or from a loop of one backward per task.

@@ -29,6 +29,12 @@ model's buffers are never touched. Where ``vmap`` cannot run the model (an opera
 back to a Python loop over the ``P`` sets (one ``functional_call`` each, again with cloned buffers), for the rest
 of the training, and ``Lookahead.fallback`` records why (the signals put it in ``Affinity.info``).
 :func:`lookahead_losses_loop` is that loop; the tests use it as the slow reference.
+
+Where the heads allow it (:class:`StackedHeads`: heads of one type and shape, one loss function, no buffers) the
+evaluation is faster and equal: the heads and losses run as one task-axis ``vmap`` (an ``nn.Linear`` head as one
+batched product), a row-wise encoder (:func:`bench.trainer.row_wise_layers`) runs its layers set by set, and
+:meth:`Lookahead.member_losses` evaluates, on per-task inputs, only chosen tasks per set from only their samples
+(transfer gain's pairs). ``info["lookahead_heads"]`` says which evaluation ran.
 """
 
 from __future__ import annotations
@@ -213,6 +219,12 @@ def lookahead_losses_loop(ctx: StepContext, replaced: Mapping[str, torch.Tensor]
     return torch.stack(out)
 
 
+SET_BY_SET_ROWS = 256
+"""Rows per parameter set from which :meth:`StackedHeads.encode` runs a row-wise encoder set by set (measured on
+the development CPU, one thread: 9 sets of 576 rows take 0.57 ms by the loop and 1.1-1.4 ms batched; 9 sets of 64
+rows 0.06 ms batched)."""
+
+
 class StackedHeads:
     """The heads of a training evaluated as ONE module with stacked parameters, where they allow it.
 
@@ -281,10 +293,12 @@ class StackedHeads:
     def encode(self, encoder: dict, x: torch.Tensor, per_set: bool) -> torch.Tensor:
         """``(P, rows, F)``: the encoder under each of the ``P`` parameter sets, on ``x`` (``(rows, ...)``, the same
         for every set) or on ``x[p]`` (``per_set``). A row-wise encoder (:func:`~bench.trainer.row_wise_layers`)
-        runs its layers set by set (a CPU's batched matrix product of these shapes is about twice slower than
-        the same products one by one); any other encoder runs as one ``vmap`` of ``functional_call``."""
+        runs its layers set by set when a set has at least :data:`SET_BY_SET_ROWS` rows (a CPU's batched matrix
+        product of such shapes is about twice slower than the same products one by one, while for a few dozen rows
+        the per-call cost of the loop dominates); otherwise, and for any other encoder, one ``vmap`` of
+        ``functional_call``."""
         rows = next(iter(encoder.values())).shape[0]
-        if self.layers is None:
+        if self.layers is None or x.shape[1 if per_set else 0] < SET_BY_SET_ROWS:
             enc = self.model.encoder
             return torch.func.vmap(lambda params, inputs: torch.func.functional_call(enc, params, (inputs,)),
                                    in_dims=(0, 0 if per_set else None), randomness="error")(encoder, x)

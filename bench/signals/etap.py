@@ -22,8 +22,9 @@ Choices where the paper is ambiguous:
 - ``every``: one step in ``every`` (default 1: every step, Eq. 6 averages over all K steps).
 
 Cost: ONLY the per-task gradients the training step computes anyway and the losses (no extra forward, no extra
-backward beyond the ``n - 1`` of having per-task rather than summed gradients: one batched backward), plus an
-``n x n`` product of ``(n, D)`` matrices.
+backward beyond the ``n - 1`` of having per-task rather than summed gradients: one batched backward; on per-task
+inputs through a row-wise encoder, one ordinary backward split by task, see :mod:`bench.trainer`), the virtual
+optimiser step of the n gradients and an ``n x n`` product of ``(n, D)`` matrices.
 """
 
 from __future__ import annotations

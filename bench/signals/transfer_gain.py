@@ -19,6 +19,12 @@ Cost (Section 4.3, Appendix E): the ``n(n-1)/2`` pair steps and ``n`` single ste
 ``vmap`` call (counted as ``n(n+1)/2`` extra forward passes; each evaluates every task's loss, so ``S[i -> j]``
 and ``S[j -> i]`` come from the same pair set: the paper counts ``n^2 + n`` loss evaluations).
 
+On per-task inputs whose heads stack (:class:`bench.signals._lookahead.StackedHeads`), a set only needs its
+members' losses, so it encodes only their samples: a pair's set 2 of the n tasks' batches, a single's set its
+task's batch twice (one call for all sets; the copy costs less than a second call). ``extra_forward_batches`` in
+``info`` counts the encoded rows in whole-batch units (``extra_forward`` counts sets); on shared inputs every set
+encodes the whole batch.
+
 Efficiency options (Section 4.3 and Appendix E):
 
 - ``sample``: at each observed step draw ``T ~ Unif{1, ..., n}`` and a uniformly random subset of ``T`` tasks

@@ -417,9 +417,13 @@ class _Item(nn.Module):
         return x * 2.0 if float(x.sum().item()) < 1e9 else x
 
 
+@pytest.mark.parametrize("set_by_set", [False, True])
 @pytest.mark.parametrize("batch_norm", [True, False], ids=["batch_norm", "row_wise"])
 @pytest.mark.parametrize("layout", ["shared", "per_task"])
-def test_batched_lookahead_equals_the_loop_and_leaves_buffers(layout, batch_norm):
+def test_batched_lookahead_equals_the_loop_and_leaves_buffers(layout, batch_norm, set_by_set, monkeypatch):
+    """``set_by_set``: the row-wise encoder runs set by set however few rows a set has."""
+    if set_by_set:
+        monkeypatch.setattr(la, "SET_BY_SET_ROWS", 0)
     problem = tiny_problem(layout, "sgd", batch_norm=batch_norm)
     checked = []
 
