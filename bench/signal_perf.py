@@ -188,8 +188,8 @@ def signal_costs(n_tasks: int = 9, steps: int = 64, repeats: int = 5, quick: boo
     for label in labels:
         seconds = statistics.median(times[label])
         info = counts.get(label, {})
-        row = {"variant": label, "layout": layout, "tasks": n_tasks, "steps": steps, "repeats": repeats, "seconds": seconds,
-               "ratio": seconds / plain, "per_step_ms": 1000 * seconds / steps,
+        row = {"variant": label, "layout": layout, "tasks": n_tasks, "steps": steps, "repeats": repeats,
+               "seconds": seconds, "ratio": seconds / plain, "per_step_ms": 1000 * seconds / steps,
                "extra_forward": info.get("extra_forward", 0), "extra_backward": info.get("extra_backward", 0),
                "forward_batches": info.get("extra_forward_batches", info.get("extra_forward", 0)),
                "target": "", "met": ""}
