@@ -147,12 +147,8 @@ class MTLModel(nn.Module):
         full = len(xs) == 1
         linears: list[tuple[str, torch.Tensor, torch.Tensor]] | None = None
         if not full and layers is not None:  # per-task inputs through a row-wise encoder: record every Linear
-            z, linears = torch.cat(xs), []
-            for path, layer in layers:
-                out = layer(z)
-                if isinstance(layer, nn.Linear):
-                    linears.append((path, z, out))
-                z = out
+            linears = []
+            z = run_row_wise(layers, torch.cat(xs), record=linears)
         else:
             z = self.encoder(xs[0] if full else torch.cat(xs))
         if not isinstance(z, torch.Tensor):  # structured encoder output (shared inputs only): no views to take
@@ -219,6 +215,22 @@ def row_wise_layers(encoder: nn.Module) -> list[tuple[str, nn.Module]] | None:
     if len({id(m) for _, m in layers}) != len(layers):
         return None
     return layers
+
+
+def run_row_wise(layers: list[tuple[str, nn.Module]], z: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None,
+                 record: list | None = None) -> torch.Tensor:
+    """The encoder of :func:`row_wise_layers` on ``z``, layer by layer: its ``forward``, with the Linear layers'
+    ``weight`` / ``bias`` taken from ``params`` (keyed ``"<path>.weight"``) where given, and every Linear's
+    ``(path, input, output)`` appended to ``record`` where given."""
+    for path, layer in layers:
+        if isinstance(layer, nn.Linear) and params is not None:
+            out = nn.functional.linear(z, params[f"{path}.weight"], params.get(f"{path}.bias"))
+        else:
+            out = layer(z)
+        if record is not None and isinstance(layer, nn.Linear):
+            record.append((path, z, out))
+        z = out
+    return z
 
 
 @dataclass

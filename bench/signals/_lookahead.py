@@ -46,7 +46,7 @@ from torch import nn
 
 from bench.errors import Unsupported, UsageError
 from bench.signals.base import SignalCallback
-from bench.trainer import MTLModel, StepContext, TaskGradients, row_wise_layers
+from bench.trainer import MTLModel, StepContext, TaskGradients, row_wise_layers, run_row_wise
 
 
 class FlatParams:
@@ -302,17 +302,8 @@ class StackedHeads:
             enc = self.model.encoder
             return torch.func.vmap(lambda params, inputs: torch.func.functional_call(enc, params, (inputs,)),
                                    in_dims=(0, 0 if per_set else None), randomness="error")(encoder, x)
-        out = []
-        for p in range(rows):
-            z = x[p] if per_set else x
-            for path, layer in self.layers:
-                if isinstance(layer, nn.Linear):
-                    bias = encoder.get(f"{path}.bias")
-                    z = nn.functional.linear(z, encoder[f"{path}.weight"][p], None if bias is None else bias[p])
-                else:
-                    z = layer(z)
-            out.append(z)
-        return torch.stack(out)
+        return torch.stack([run_row_wise(self.layers, x[p] if per_set else x, {k: v[p] for k, v in encoder.items()})
+                            for p in range(rows)])
 
     def all_tasks(self, encoder: dict, heads: dict, x: torch.Tensor, y: torch.Tensor, shared: bool) -> torch.Tensor:
         """``(P, n)`` losses of every task under ``P`` encoder parameter sets (``encoder``: ``(P, ...)`` each)."""
@@ -362,9 +353,10 @@ class Lookahead:
         ``replaced[name][p]`` (and ``fixed[name]`` for every row) substituted; train mode; no gradients."""
         self.calls += 1
         fixed = dict(fixed or {})
-        stacked = self._stacked_call(ctx, replaced, fixed)
-        if stacked is not None:
-            return stacked(lambda heads, enc, x, y, shared: self.stacked.all_tasks(enc, heads, x, y, shared))
+        out = self._stacked_run(ctx, replaced, fixed, lambda heads, enc, x, y, shared:
+                                self.stacked.all_tasks(enc, heads, x, y, shared))
+        if out is not None:
+            return out
         if self.fallback is None:
             try:
                 return self._vmapped(ctx, replaced, fixed)
@@ -377,19 +369,20 @@ class Lookahead:
         """``(P, m)``: the losses of tasks ``members[p]`` (indices into ``ctx.group``) only, each set encoding
         only its members' samples; per-task inputs with stacked heads only (else ``None``: use :meth:`losses`,
         which evaluates every task)."""
-        stacked = self._stacked_call(ctx, replaced, dict(fixed or {}), per_task_only=True)
-        if stacked is None:
-            return None
-        self.calls += 1
-        return stacked(lambda heads, enc, x, y, shared: self.stacked.members(enc, heads, x, y, members))
+        out = self._stacked_run(ctx, replaced, dict(fixed or {}), lambda heads, enc, x, y, shared:
+                                self.stacked.members(enc, heads, x, y, members), per_task_only=True)
+        self.calls += out is not None
+        return out
 
     @property
     def stacked(self) -> StackedHeads | None:
         return self._stacked[1] if self._stacked is not None else None
 
-    def _stacked_call(self, ctx: StepContext, replaced: Mapping[str, torch.Tensor], fixed: dict,
-                      per_task_only: bool = False):
-        """A runner of a :class:`StackedHeads` evaluation for this step, or ``None`` where it does not apply."""
+    def _stacked_run(self, ctx: StepContext, replaced: Mapping[str, torch.Tensor], fixed: dict, evaluate,
+                     per_task_only: bool = False) -> torch.Tensor | None:
+        """``evaluate(heads, encoder, x, y, shared)`` of this step's :class:`StackedHeads` evaluation, or ``None``
+        where it does not apply or fails (a failure is kept in ``stack_fallback``: the rest of the training then
+        goes the general way)."""
         model = ctx.model
         if self._stacked is None or self._stacked[0] is not model:
             self._stacked = (model, StackedHeads.build(model, ctx.group, ctx._trainer.loss_fns))
@@ -404,24 +397,13 @@ class Lookahead:
         x, y, shared = batch
         encoder = {k[len("encoder."):]: v for k, v in replaced.items()}
 
-        def run(evaluate):
-            ctx._trainer.set_mode(True)
-            try:
-                with torch.inference_mode():
-                    return evaluate(heads.parameters(fixed), encoder, x, y, shared)
-            except Exception as exc:  # noqa: BLE001 -- the general path re-raises a genuine error of the model
-                self.stack_fallback = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-                return None
-
-        def call(evaluate):
-            out = run(evaluate)
-            if out is None:  # failed: this step (and the rest of the training) the general way
-                if per_task_only:
-                    return None
-                return self.losses(ctx, replaced, fixed)
-            return out
-
-        return call
+        ctx._trainer.set_mode(True)
+        try:
+            with torch.inference_mode():
+                return evaluate(heads.parameters(fixed), encoder, x, y, shared)
+        except Exception as exc:  # noqa: BLE001 -- the general path re-raises a genuine error of the model
+            self.stack_fallback = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            return None
 
     def _vmapped(self, ctx: StepContext, replaced: Mapping[str, torch.Tensor], fixed: dict) -> torch.Tensor:
         loop = ctx._trainer  # the trainer's own loss functions and mode switch (no public need for them)
