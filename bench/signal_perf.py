@@ -19,10 +19,10 @@ Two input layouts (``layout``): ``shared`` (one input tensor for all tasks: Cele
 (every task its own samples, a step encodes 9 x 64 rows: School, Landmine, Parkinson, Chemical).
 
 Measured on the development machine (2 shared CPU cores, one thread, 64 steps, median of 7 rounds;
-``python -m bench perf signals --out results/signals --repeats 7``), shared / per-task: plain 0.94 / 1.19 ms per
-step; ``etap`` 1.58x / 1.29x; ``cs`` 1.50x / 1.22x; ``tag`` 2.11-2.17x / 2.07-2.10x (the naive loop 3.8x /
-4.3x); ``transfer_gain[sample=true]`` 3.37x / 2.39-2.52x. So on this CPU the TAG target is missed narrowly, the
-ETAP and sampling targets clearly. Why, per step:
+``python -m bench perf signals --out results/signals --repeats 7``), shared / per-task: plain 0.92-0.94 /
+1.19-1.20 ms per step; ``etap`` 1.58-1.60x / 1.29-1.34x; ``cs`` 1.47-1.50x / 1.20-1.22x; ``tag`` 2.11-2.19x /
+2.01-2.16x (the naive loop 3.8-4.0x / 4.3-4.4x); ``transfer_gain[sample=true]`` 3.37-3.45x / 2.39-3.24x. So on
+this CPU the TAG target is missed narrowly, the ETAP and sampling targets clearly. Why, per step:
 
 - **per-task gradients** (every gradient signal; ``cs`` is nothing else). Shared inputs: every task's cotangent
   reaches every sample, so the n gradients need n encoder backwards' arithmetic (one batched backward, ~+0.5x of
