@@ -221,10 +221,21 @@ def run_row_wise(layers: list[tuple[str, nn.Module]], z: torch.Tensor, params: M
                  record: list | None = None) -> torch.Tensor:
     """The encoder of :func:`row_wise_layers` on ``z``, layer by layer: its ``forward``, with the Linear layers'
     ``weight`` / ``bias`` taken from ``params`` (keyed ``"<path>.weight"``) where given, and every Linear's
-    ``(path, input, output)`` appended to ``record`` where given."""
+    ``(path, input, output)`` appended to ``record`` where given.
+
+    ``params`` may also hold ``P`` stacked parameter sets (a weight of shape ``(P, out, in)``): then every Linear
+    is one batched product over the sets, on ``z`` of shape ``(rows, in)`` (the same rows for every set) or
+    ``(P, rows, in)`` (each set its own rows), and the result is ``(P, rows, out)``. The elementwise layers run
+    unchanged on the stacked tensor."""
     for path, layer in layers:
         if isinstance(layer, nn.Linear) and params is not None:
-            out = nn.functional.linear(z, params[f"{path}.weight"], params.get(f"{path}.bias"))
+            weight, bias = params[f"{path}.weight"], params.get(f"{path}.bias")
+            if weight.ndim == 3:
+                x = z if z.ndim == 3 else z.expand(weight.shape[0], *z.shape)
+                out = torch.bmm(x, weight.transpose(1, 2)) if bias is None else \
+                    torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+            else:
+                out = nn.functional.linear(z, weight, bias)
         else:
             out = layer(z)
         if record is not None and isinstance(layer, nn.Linear):

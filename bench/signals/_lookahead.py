@@ -32,7 +32,8 @@ of the training, and ``Lookahead.fallback`` records why (the signals put it in `
 
 Where the heads allow it (:class:`StackedHeads`: heads of one type and shape, one loss function, no buffers) the
 evaluation is faster and equal: the heads and losses run as one task-axis ``vmap`` (an ``nn.Linear`` head as one
-batched product), a row-wise encoder (:func:`bench.trainer.row_wise_layers`) runs its layers set by set, and
+batched product), a row-wise encoder (:func:`bench.trainer.row_wise_layers`) runs as batched products over the
+parameter sets without ``vmap`` (a dropout layer then draws its own mask for every set, as the loop does), and
 :meth:`Lookahead.member_losses` evaluates, on per-task inputs, only chosen tasks per set from only their samples
 (transfer gain's pairs). ``info["lookahead_heads"]`` says which evaluation ran.
 """
@@ -219,10 +220,12 @@ def lookahead_losses_loop(ctx: StepContext, replaced: Mapping[str, torch.Tensor]
     return torch.stack(out)
 
 
-SET_BY_SET_ROWS = 256
-"""Rows per parameter set from which :meth:`StackedHeads.encode` runs a row-wise encoder set by set (measured on
-the development CPU, one thread: 9 sets of 576 rows take 0.57 ms by the loop and 1.1-1.4 ms batched; 9 sets of 64
-rows 0.06 ms batched)."""
+BATCHED_ROWS = 8192
+"""At most this many rows (over all parameter sets) per batched call of a row-wise encoder in
+:meth:`StackedHeads.encode`; more sets run in chunks. Measured on the development CPU (one thread, the cost
+benchmark's 32-64-32 encoder): one batched call is 2-3x faster than a loop of one call per set up to about 10,000
+rows (9 sets of 64 rows: 0.07 against 0.17 ms; 36 sets of 256 rows: 0.86 against 1.35 ms), while at 20 sets of
+576 rows it is 2.6x slower (the intermediate tensors then outgrow the cache)."""
 
 
 class StackedHeads:
@@ -293,17 +296,19 @@ class StackedHeads:
     def encode(self, encoder: dict, x: torch.Tensor, per_set: bool) -> torch.Tensor:
         """``(P, rows, F)``: the encoder under each of the ``P`` parameter sets, on ``x`` (``(rows, ...)``, the same
         for every set) or on ``x[p]`` (``per_set``). A row-wise encoder (:func:`~bench.trainer.row_wise_layers`)
-        runs its layers set by set when a set has at least :data:`SET_BY_SET_ROWS` rows (a CPU's batched matrix
-        product of such shapes is about twice slower than the same products one by one, while for a few dozen rows
-        the per-call cost of the loop dominates); otherwise, and for any other encoder, one ``vmap`` of
-        ``functional_call``."""
-        rows = next(iter(encoder.values())).shape[0]
-        if self.layers is None or x.shape[1 if per_set else 0] < SET_BY_SET_ROWS:
+        runs as batched products over the sets (:func:`~bench.trainer.run_row_wise`), at most
+        :data:`BATCHED_ROWS` rows per call; any other encoder as one ``vmap`` of ``functional_call``."""
+        sets = next(iter(encoder.values())).shape[0]
+        if self.layers is None:
             enc = self.model.encoder
             return torch.func.vmap(lambda params, inputs: torch.func.functional_call(enc, params, (inputs,)),
                                    in_dims=(0, 0 if per_set else None), randomness="error")(encoder, x)
-        return torch.stack([run_row_wise(self.layers, x[p] if per_set else x, {k: v[p] for k, v in encoder.items()})
-                            for p in range(rows)])
+        chunk = max(1, BATCHED_ROWS // x.shape[1 if per_set else 0])
+        if chunk >= sets:
+            return run_row_wise(self.layers, x, encoder)
+        return torch.cat([run_row_wise(self.layers, x[a:a + chunk] if per_set else x,
+                                       {k: v[a:a + chunk] for k, v in encoder.items()})
+                          for a in range(0, sets, chunk)])
 
     def all_tasks(self, encoder: dict, heads: dict, x: torch.Tensor, y: torch.Tensor, shared: bool) -> torch.Tensor:
         """``(P, n)`` losses of every task under ``P`` encoder parameter sets (``encoder``: ``(P, ...)`` each)."""

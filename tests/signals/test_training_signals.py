@@ -417,13 +417,13 @@ class _Item(nn.Module):
         return x * 2.0 if float(x.sum().item()) < 1e9 else x
 
 
-@pytest.mark.parametrize("set_by_set", [False, True])
+@pytest.mark.parametrize("batched_rows", [8192, 20, 1], ids=["one_call", "chunks", "set_by_set"])
 @pytest.mark.parametrize("batch_norm", [True, False], ids=["batch_norm", "row_wise"])
 @pytest.mark.parametrize("layout", ["shared", "per_task"])
-def test_batched_lookahead_equals_the_loop_and_leaves_buffers(layout, batch_norm, set_by_set, monkeypatch):
-    """``set_by_set``: the row-wise encoder runs set by set however few rows a set has."""
-    if set_by_set:
-        monkeypatch.setattr(la, "SET_BY_SET_ROWS", 0)
+def test_batched_lookahead_equals_the_loop_and_leaves_buffers(layout, batch_norm, batched_rows, monkeypatch):
+    """``batched_rows``: the row-wise encoder runs all sets in one call, in chunks of a few sets (4 sets of 4 to 8
+    rows), or set by set."""
+    monkeypatch.setattr(la, "BATCHED_ROWS", batched_rows)
     problem = tiny_problem(layout, "sgd", batch_norm=batch_norm)
     checked = []
 
