@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from bench.errors import UsageError
-from bench.metrics import loss_fn, metric_fn
+from bench.metrics import loss_fn, metric_fn, row_loss_fn
 from bench.progress import progress
 from bench.types import Group, GroupResult, Task
 
@@ -419,6 +419,7 @@ class _Loop:
         self.config = config
         self.callbacks = list(callbacks)
         self.loss_fns = {t: loss_fn(tasks[t].loss) for t in group}
+        self.row_loss_fns = {t: row_loss_fn(tasks[t].loss) for t in group}  # per-sample forms (batched lookahead)
         self._modules = list(model.modules())
         self._named = dict(model.named_parameters())
         # the parameter dicts of the per-task gradients, built once (a training never swaps parameters)

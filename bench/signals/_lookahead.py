@@ -239,14 +239,17 @@ class StackedHeads:
     different sizes) is evaluated the general way. ``None`` from :meth:`build` where the heads do not allow it.
     """
 
-    def __init__(self, model: MTLModel, group, loss_fn) -> None:
-        self.model, self.group, self.loss_fn = model, tuple(group), loss_fn
+    def __init__(self, model: MTLModel, group, loss_fn, row_loss_fn) -> None:
+        self.model, self.group, self.loss_fn, self.row_loss_fn = model, tuple(group), loss_fn, row_loss_fn
+        self.own = dict(model.named_parameters())  # the same objects for the whole training
         self.template = model.heads[self.group[0]]
         self.names = [k for k, _ in self.template.named_parameters()]
         self.layers = row_wise_layers(model.encoder)
 
     @classmethod
-    def build(cls, model: nn.Module, group, loss_fns: Mapping) -> StackedHeads | None:
+    def build(cls, model: nn.Module, group, loss_fns: Mapping, row_loss_fns: Mapping) -> StackedHeads | None:
+        """``loss_fns`` / ``row_loss_fns``: every task's loss and its per-sample form
+        (:data:`bench.metrics.ROW_LOSSES`)."""
         if not isinstance(model, MTLModel) or type(model).forward is not MTLModel.forward:
             return None
         if any(True for _ in model.buffers()) or len({id(loss_fns[t]) for t in group}) != 1:
@@ -255,7 +258,7 @@ class StackedHeads:
         shapes = [[(k, p.shape, p.dtype) for k, p in h.named_parameters()] for h in heads]
         if len({type(h) for h in heads}) != 1 or any(s != shapes[0] for s in shapes) or not shapes[0]:
             return None
-        return cls(model, group, loss_fns[group[0]])
+        return cls(model, group, loss_fns[group[0]], row_loss_fns[group[0]])
 
     def batch(self, batch) -> tuple[torch.Tensor, torch.Tensor, bool] | None:
         """``(x, y, shared)``: the shared input ``(N, ...)`` or the stacked per-task inputs ``(n, b, ...)``, the
@@ -272,7 +275,7 @@ class StackedHeads:
 
     def parameters(self, fixed: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The heads' parameters (``fixed`` where given, else the model's), stacked: ``name -> (n, ...)``."""
-        own = dict(self.model.named_parameters())
+        own = self.own
         out = {}
         for k in self.names:
             full = [f"heads.{t}.{k}" for t in self.group]
@@ -280,13 +283,17 @@ class StackedHeads:
         return out
 
     def _losses(self, heads: dict, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Task-axis vmap: ``heads`` ``(m, ...)``, features ``z`` ``(m, rows, F)``, targets ``(m, ...)`` -> ``(m,)``."""
+        """Task-axis vmap: ``heads`` ``(m, ...)``, features ``z`` ``(m, rows, F)``, targets ``(m, ...)`` -> ``(m,)``.
+        A Linear head is one batched product, and its loss the mean over each slice's rows of the per-sample loss
+        (no vmap)."""
         template, loss = self.template, self.loss_fn
         if type(template) is nn.Linear and z.ndim == 3:  # the common head: one batched product
             weight, bias = heads["weight"], heads.get("bias")
             out = torch.bmm(z, weight.transpose(1, 2)) if bias is None else \
                 torch.baddbmm(bias.unsqueeze(1), z, weight.transpose(1, 2))
-            return torch.func.vmap(loss)(out, y)
+            m, rows = out.shape[:2]
+            per_sample = self.row_loss_fn(out.reshape(m * rows, -1), y.reshape(m * rows, *y.shape[2:]))
+            return per_sample.reshape(m, rows).mean(1)
 
         def one(params, features, target):
             return loss(torch.func.functional_call(template, params, (features,)), target)
@@ -390,7 +397,8 @@ class Lookahead:
         goes the general way)."""
         model = ctx.model
         if self._stacked is None or self._stacked[0] is not model:
-            self._stacked = (model, StackedHeads.build(model, ctx.group, ctx._trainer.loss_fns))
+            self._stacked = (model, StackedHeads.build(model, ctx.group, ctx._trainer.loss_fns,
+                                                                ctx._trainer.row_loss_fns))
         heads = self.stacked
         if heads is None or self.stack_fallback is not None or self.fallback is not None:
             return None

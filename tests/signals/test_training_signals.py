@@ -455,6 +455,47 @@ def test_batched_lookahead_equals_the_loop_and_leaves_buffers(layout, batch_norm
     assert len(checked) == 6
 
 
+@pytest.mark.parametrize("loss", ["mse", "l1", "bce", "cross_entropy"])
+@pytest.mark.parametrize("layout", ["shared", "per_task"])
+def test_stacked_heads_take_every_loss_per_sample(layout, loss):
+    """The stacked Linear heads compute each loss as the mean of its per-sample form; equal to the loop."""
+    classes = 3 if loss == "cross_entropy" else 1
+    data = tiny_data(layout)
+
+    def relabel(split):
+        def target(y):
+            if loss == "cross_entropy":
+                return torch.bucketize(y, torch.tensor([-0.3, 0.3], dtype=DT)).to(DT)
+            return (y > 0).to(DT) if loss == "bce" else y
+        return Split(split.inputs, {t: target(y) for t, y in split.targets.items()})
+
+    data = TaskData(relabel(data.train), relabel(data.val), relabel(data.test))
+    tasks = [Task(t, kind="regression" if loss in ("mse", "l1") else "classification", metric="mse" if loss in
+                  ("mse", "l1") else "error", higher_is_better=False, loss=loss) for t in TASKS3]
+
+    def factory(group):
+        encoder = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 4)).to(DT)
+        return MTLModel(encoder, {t: nn.Linear(4, classes).to(DT) for t in group})
+
+    problem = TrainedProblem(tasks, "synthetic", {"name": f"tiny-{layout}-{loss}"}, data, factory,
+                             TrainConfig(epochs=1, batch_size=8, patience=None, **OPTIMIZERS["adam"]))
+    checked = []
+
+    class Check(Callback):
+        def before_step(self, ctx):
+            gen = torch.Generator().manual_seed(ctx.step)
+            replaced = {k: p.detach() + 0.1 * torch.randn(4, *p.shape, generator=gen, dtype=DT)
+                        for k, p in ctx.shared_parameters().items()}
+            look = la.Lookahead()
+            got = look.losses(ctx, replaced)
+            assert look.stacked is not None and look.stack_fallback is None
+            torch.testing.assert_close(got, la.lookahead_losses_loop(ctx, replaced), rtol=1e-10, atol=1e-12)
+            checked.append(ctx.step)
+
+    problem.train(TASKS3, seed=0, callbacks=[Check()])
+    assert checked
+
+
 def test_row_wise_layers_only_for_sequential_row_wise_encoders():
     from bench.trainer import row_wise_layers
 
