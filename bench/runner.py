@@ -36,6 +36,7 @@ from bench import registry
 from bench.cache import ENGINE_VERSION, ResultCache, canonical_json, result_key
 from bench.dataset import Problem
 from bench.errors import BenchError, Unsupported, UsageError
+from bench.heap import keep_freed_memory
 from bench.method import Context, Method
 from bench.progress import progress
 from bench.provenance import provenance
@@ -358,6 +359,7 @@ def _worker_init(threads: int) -> None:
 
     os.environ["BENCH_NO_PROGRESS"] = "1"
     torch.set_num_threads(threads)
+    keep_freed_memory()  # the parent's heap settings (mallopt is per process)
 
 
 def validate(datasets: Sequence[str], methods: Sequence[str], settings: Settings) -> list[str]:

@@ -59,6 +59,7 @@ from torch import nn
 
 from bench.dataset import TrainedProblem
 from bench.errors import UsageError
+from bench.heap import keep_freed_memory
 from bench.signals._lookahead import lookahead_losses_loop, virtual_parameters
 from bench.signals.base import SignalCallback
 from bench.signals.cs import CosineCallback
@@ -155,6 +156,7 @@ def signal_costs(n_tasks: int = 9, steps: int = 64, repeats: int = 5, quick: boo
     """
     from threadpoolctl import threadpool_limits
 
+    keep_freed_memory()  # the command line's heap settings (bench.heap), for plain training and signals alike
     if quick:
         steps, repeats = 8, 1
     problem = cost_problem(n_tasks, steps, layout=layout)
@@ -216,6 +218,7 @@ def sca_cost(repeats: int = 5, quick: bool = False, seed: int = 0, profile: str 
 
     from bench import registry
 
+    keep_freed_memory()
     if quick:
         repeats, profile = 1, "smoke"
     problem = registry.create("dataset", SCA_DATASET).load(profile)
@@ -245,6 +248,13 @@ def sca_cost(repeats: int = 5, quick: bool = False, seed: int = 0, profile: str 
             "met": "yes" if ratio < SCA_TARGET else "NO", "training_seconds": training}
 
 
+def _heap_note() -> str:
+    settings = keep_freed_memory()
+    if not settings:
+        return "malloc at its defaults"
+    return "freed memory kept in the process (bench.heap: " + ", ".join(f"{k}={v}" for k, v in settings.items()) + ")"
+
+
 def write_signal_report(rows: list[dict], out_dir: str | Path) -> list[Path]:
     """``signal_costs.csv`` (every field) and ``signal_costs.md`` (the table and what was measured)."""
     from bench.tables import markdown_table
@@ -269,7 +279,8 @@ def write_signal_report(rows: list[dict], out_dir: str | Path) -> list[Path]:
             f"{first.get('steps', '?')} steps, per variant; median of {first.get('repeats', '?')} interleaved "
             "rounds after a warm-up round; torch and BLAS on one thread. `ratio` = seconds / plain training's "
             "seconds in the same run. Extra passes are counted per training by the signals themselves. Why the "
-            "ratios are what they are: the docstring of `bench/signal_perf.py`.")
+            "ratios are what they are: the docstring of `bench/signal_perf.py`. Heap: "
+            f"{_heap_note()}.")
     md_path = out / "signal_costs.md"
     md_path.write_text(f"# Training-signal cost against plain training\n\n{note}\n\n{table}\n")
     return [csv_path, md_path]
