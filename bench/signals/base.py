@@ -155,7 +155,9 @@ class SignalCallback(Callback):
     ``every``: observe one step in ``every`` (lazy collection); the first step is always observed. Subclasses
     implement :meth:`step_matrix`; returning ``None`` skips the step (e.g. a sampled subset without pairs). Where a
     subclass fills only some entries of a step (sampling), it returns a matrix with ``nan`` elsewhere and the
-    average is taken per entry over the steps that observed it.
+    average is taken per entry over the steps that observed it. A subclass that needs the step's update itself
+    (transfer gain reads the heads after it) prepares in ``before_step`` and hands its matrix to :meth:`record`
+    from ``after_step``.
     """
 
     def __init__(self, tasks: Sequence[str], every: int = 1) -> None:
@@ -169,14 +171,19 @@ class SignalCallback(Callback):
         self.steps = 0
         self.extra_forward = 0
         self.extra_backward = 0
+        self.last: np.ndarray | None = None
 
     def observes(self, ctx: StepContext) -> bool:
         return ctx.step % self.every == 0
 
     def before_step(self, ctx: StepContext) -> None:
-        if not self.observes(ctx):
-            return
-        matrix = self.step_matrix(ctx)
+        self.last = None
+        if self.observes(ctx):
+            self.record(self.step_matrix(ctx))
+
+    def record(self, matrix: np.ndarray | None) -> None:
+        """Add one observed step's matrix (``None``: the step observed nothing); it stays in ``self.last``."""
+        self.last = matrix
         if matrix is None:
             return
         matrix = np.asarray(matrix, dtype=np.float64)

@@ -7,8 +7,11 @@ At an observed step ``t`` with batch ``X``, for tasks ``i != j``:
 - ``phi_{i,j}^{t+1}``: the shared (encoder) parameters after a virtual optimiser step on ``L_i + L_j``
   (gradient ``g_i + g_j``), ``phi_j^{t+1}`` after a virtual step on ``L_j`` alone (the optimiser's update from
   its current state, :mod:`bench.signals._lookahead`: SGD with momentum and weight decay, or Adam);
-- ``theta_j^{t+1}``: task ``j``'s head after its own virtual step (its gradient depends on ``L_j`` only, so this
-  is the step the training is about to take).
+- ``theta_j^{t+1}``: task ``j``'s head after its own virtual step. A head's gradient depends on ``L_j`` only, so
+  this is exactly the update the trainer applies to it at this step (from the per-task gradients the signal asks
+  for; the trainer has no gradient clipping or other coupling across parameters). The callback therefore computes
+  the shared virtual steps in ``before_step`` (they need the optimiser state before the update) and evaluates the
+  losses in ``after_step``, reading the heads from the updated model: the optimiser's own arithmetic, at no cost.
 
 ``matrix[j, i] = S[i -> j]`` (row = recipient ``j``, the convention of every signal), averaged over the steps that
 observed the pair (Eq. 7, the cumulative transfer gain). **Diagonal**: 0, which is Eq. 4 with ``A = {j}``
@@ -45,7 +48,7 @@ import numpy as np
 import torch
 
 from bench.seeding import rng
-from bench.signals._lookahead import FlatParams, GradientCallback, virtual_parameters
+from bench.signals._lookahead import GradientCallback, virtual_parameters
 from bench.signals.base import TrainingSignal
 from bench.types import make_group
 
@@ -56,14 +59,14 @@ class TransferGainCallback(GradientCallback):
         self.sample = sample
         self.seed = seed
         self.gen = rng(seed, "transfer_gain")
-        self.heads: FlatParams | None = None
+        self.pending = None
         self.pairs_evaluated = 0
         self.forward_batches = 0.0
 
     def on_train_start(self, group, model, optimizer):
         super().on_train_start(group, model, optimizer)
         self.gen = rng(self.seed, "transfer_gain")
-        self.heads = FlatParams({k: p for t in group for k, p in model.task_parameters(t).items()})
+        self.pending = None
 
     def subset(self, n: int) -> np.ndarray:
         if not self.sample:
@@ -71,29 +74,49 @@ class TransferGainCallback(GradientCallback):
         size = int(self.gen.integers(1, n + 1))
         return np.sort(self.gen.permutation(n)[:size])  # a uniformly random subset of that size
 
-    def step_matrix(self, ctx):
+    def before_step(self, ctx):
+        """The shared parameters' virtual steps need the optimiser state before the update: computed here."""
+        self.last = None
+        self.pending = self.prepare(ctx) if self.observes(ctx) else None
+
+    def after_step(self, ctx):
+        """The heads' virtual steps ARE the update (see the module docstring): the losses are evaluated here."""
+        if self.pending is not None:
+            self.record(self.step_matrix(ctx))
+
+    def prepare(self, ctx):
+        """``(members, first, second, shared)``: this step's subset, its pairs and the ``(P, ...)`` virtual
+        shared parameters of the singles then the pairs; ``None`` when the subset has no pair."""
         n = len(ctx.group)
         members = self.subset(n)
         size = len(members)
         if size < 2:
             return None
-        grads, flat = self.gradients(ctx)
+        _, flat = self.gradients(ctx)
         src, dst = np.triu_indices(size, k=1)
         first, second = members[src], members[dst]  # every unordered pair of the subset
-        index = torch.from_numpy(np.concatenate([members, first, second])).to(flat.device)
-        rows = flat[index]  # singles g_j, then both members of every pair
-        sets = torch.cat([rows[:size], rows[size : size + len(first)] + rows[size + len(first) :]])
+        # the sets' gradients g_j, then g_i + g_j, as one product with a 0/1 matrix (exact: sums of two rows)
+        pick = np.zeros((size + len(first), n))
+        pick[np.arange(size), members] = 1.0
+        pick[size + np.arange(len(first)), first] = 1.0
+        pick[size + np.arange(len(first)), second] = 1.0
+        sets = torch.as_tensor(pick, dtype=flat.dtype, device=flat.device) @ flat
         shared = self.shared.unflatten(virtual_parameters(ctx, self.shared, sets))
-        head_grads = self.heads.flatten({k: g.unsqueeze(0) for k, g in grads.heads.items()})
-        heads = {k: v[0] for k, v in self.heads.unflatten(virtual_parameters(ctx, self.heads, head_grads)).items()}
         self.extra_forward += size + len(first)
         self.pairs_evaluated += len(first)
-        own = self.member_losses(ctx, shared, heads, members, first, second)
+        return members, first, second, shared
+
+    def step_matrix(self, ctx):
+        """After the update: the losses under the prepared shared parameters and the updated heads."""
+        members, first, second, shared = self.pending
+        self.pending = None
+        n, size = len(ctx.group), len(members)
+        own = self.member_losses(ctx, shared, members, first, second)
         if own is not None:  # per-task inputs: each set encoded only its members' samples
             alone, on_first, on_second = own
             self.forward_batches += 2 * (size + len(first)) / n
         else:  # every set evaluates every task's loss on the whole batch
-            after = self.lookahead.losses(ctx, shared, heads).cpu().numpy().astype(np.float64)  # (P, n)
+            after = self.lookahead.losses(ctx, shared).cpu().numpy().astype(np.float64)  # (P, n)
             rows = size + np.arange(len(first))
             alone, on_first, on_second = after[np.arange(size), members], after[rows, first], after[rows, second]
             self.forward_batches += size + len(first)
@@ -105,7 +128,7 @@ class TransferGainCallback(GradientCallback):
         out[first, second] = 1.0 - on_first / base[first]  # S[j -> i]
         return out
 
-    def member_losses(self, ctx, shared, heads, members, first, second):
+    def member_losses(self, ctx, shared, members, first, second):
         """``(alone, on_first, on_second)`` from sets that encode only their members' samples: ``alone[k]`` =
         ``L_j(phi_j)`` for ``j = members[k]``; ``on_first[p]`` / ``on_second[p]`` = the pair's two losses under
         ``phi_{i,j}``; ``None`` where the lookahead cannot restrict a set to its members (shared inputs, or
@@ -115,7 +138,7 @@ class TransferGainCallback(GradientCallback):
         # one call for all sets: a single {j} is the "pair" (j, j), of which only the first loss is read (its
         # second copy of j's samples costs less than a second call)
         sets = np.concatenate([np.stack([members, members], axis=1), np.stack([first, second], axis=1)])
-        losses = self.lookahead.member_losses(ctx, shared, heads, torch.as_tensor(sets, device=device))
+        losses = self.lookahead.member_losses(ctx, shared, None, torch.as_tensor(sets, device=device))
         if losses is None:
             return None
         losses = losses.cpu().numpy().astype(np.float64)

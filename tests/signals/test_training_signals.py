@@ -206,25 +206,31 @@ CALLBACKS = {"tag": TagCallback, "cs": CosineCallback, "transfer_gain": Transfer
 
 
 class Compare(Callback):
-    """At chosen steps, the signal callback's step matrix beside the slow reference's (computed first, on copies)."""
+    """At chosen steps, the signal callback's step matrix beside the slow reference's (computed first, on copies,
+    before the update). The callback runs through its own hooks (transfer gain finishes after the update) and
+    observes every step; its matrix of a step is ``last``."""
 
     wants_task_gradients = True
 
     def __init__(self, inner, reference, steps):
         self.inner, self.reference, self.steps = inner, reference, set(steps)
         self.pairs = []
+        self.want = None
 
     def on_train_start(self, group, model, optimizer):
         self.inner.on_train_start(group, model, optimizer)
 
     def before_step(self, ctx):
+        self.buffers = {k: b.clone() for k, b in ctx.model.named_buffers()}
+        self.want = self.reference(ctx) if ctx.step in self.steps else None
+        self.inner.before_step(ctx)
+
+    def after_step(self, ctx):
+        self.inner.after_step(ctx)
         if ctx.step in self.steps:
-            buffers = {k: b.clone() for k, b in ctx.model.named_buffers()}
-            want = self.reference(ctx)
-            got = self.inner.step_matrix(ctx)
-            self.pairs.append((ctx.step, got, want))
-            for k, b in ctx.model.named_buffers():  # the lookahead leaves running statistics alone
-                assert torch.equal(b, buffers[k]), k
+            self.pairs.append((ctx.step, self.inner.last, self.want))
+        for k, b in ctx.model.named_buffers():  # the lookahead leaves running statistics alone
+            assert torch.equal(b, self.buffers[k]), k
 
 
 # ----------------------------------------------------------------------------------------------- registration
