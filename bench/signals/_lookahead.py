@@ -34,8 +34,8 @@ Where the heads allow it (:class:`StackedHeads`: heads of one type and shape, on
 evaluation is faster and equal: the heads and losses run as one task-axis ``vmap`` (an ``nn.Linear`` head as one
 batched product), a row-wise encoder (:func:`bench.trainer.row_wise_layers`) runs as batched products over the
 parameter sets without ``vmap`` (a dropout layer then draws its own mask for every set, as the loop does), and
-:meth:`Lookahead.member_losses` evaluates, on per-task inputs, only chosen tasks per set from only their samples
-(transfer gain's pairs). ``info["lookahead_heads"]`` says which evaluation ran.
+:meth:`Lookahead.member_losses` evaluates only chosen tasks per set (transfer gain's pairs), on per-task inputs
+from only their samples. ``info["lookahead_heads"]`` says which evaluation ran.
 """
 
 from __future__ import annotations
@@ -325,15 +325,21 @@ class StackedHeads:
         z = z.unsqueeze(1).expand(sets, n, *z.shape[1:]) if shared else z.reshape(sets, n, -1, *z.shape[2:])
         return self._over_sets(heads, z, y.expand(sets, *y.shape))
 
-    def members(self, encoder: dict, heads: dict, x: torch.Tensor, y: torch.Tensor, members: torch.Tensor
-                ) -> torch.Tensor:
-        """Per-task inputs only: ``(P, m)`` losses of the tasks ``members[p]`` (an ``(P, m)`` index into the
-        group), each set encoding only its members' samples (``m x b`` rows instead of ``n x b``)."""
+    def members(self, encoder: dict, heads: dict, x: torch.Tensor, y: torch.Tensor, shared: bool,
+                members: torch.Tensor) -> torch.Tensor:
+        """``(P, m)`` losses of the tasks ``members[p]`` (an ``(P, m)`` index into the group) only: on per-task
+        inputs each set encodes only its members' samples (``m x b`` rows instead of ``n x b``); on shared inputs
+        each set encodes the batch once and only its members' heads and losses run."""
         sets, m = members.shape
-        xs = x[members]  # (P, m, b, ...)
-        z = self.encode(encoder, xs.reshape(sets, -1, *xs.shape[3:]), per_set=True)
         own = {k: v[members] for k, v in heads.items()}  # (P, m, ...)
-        return self._over_sets(own, z.reshape(sets, m, -1, *z.shape[2:]), y[members], per_set_heads=True)
+        if shared:
+            z = self.encode(encoder, x, per_set=False)  # (P, N, F)
+            z = z.unsqueeze(1).expand(sets, m, *z.shape[1:])
+        else:
+            xs = x[members]  # (P, m, b, ...)
+            z = self.encode(encoder, xs.reshape(sets, -1, *xs.shape[3:]), per_set=True)
+            z = z.reshape(sets, m, -1, *z.shape[2:])
+        return self._over_sets(own, z, y[members], per_set_heads=True)
 
     def _over_sets(self, heads: dict, z: torch.Tensor, y: torch.Tensor, per_set_heads: bool = False
                    ) -> torch.Tensor:
@@ -378,11 +384,11 @@ class Lookahead:
 
     def member_losses(self, ctx: StepContext, replaced: Mapping[str, torch.Tensor],
                       fixed: Mapping[str, torch.Tensor] | None, members: torch.Tensor) -> torch.Tensor | None:
-        """``(P, m)``: the losses of tasks ``members[p]`` (indices into ``ctx.group``) only, each set encoding
-        only its members' samples; per-task inputs with stacked heads only (else ``None``: use :meth:`losses`,
-        which evaluates every task)."""
+        """``(P, m)``: the losses of tasks ``members[p]`` (indices into ``ctx.group``) only (see
+        :meth:`StackedHeads.members`); ``None`` where the heads do not stack (then use :meth:`losses`, which
+        evaluates every task)."""
         out = self._stacked_run(ctx, replaced, dict(fixed or {}), lambda heads, enc, x, y, shared:
-                                self.stacked.members(enc, heads, x, y, members), per_task_only=True)
+                                self.stacked.members(enc, heads, x, y, shared, members))
         self.calls += out is not None
         return out
 
@@ -390,8 +396,8 @@ class Lookahead:
     def stacked(self) -> StackedHeads | None:
         return self._stacked[1] if self._stacked is not None else None
 
-    def _stacked_run(self, ctx: StepContext, replaced: Mapping[str, torch.Tensor], fixed: dict, evaluate,
-                     per_task_only: bool = False) -> torch.Tensor | None:
+    def _stacked_run(self, ctx: StepContext, replaced: Mapping[str, torch.Tensor], fixed: dict, evaluate
+                     ) -> torch.Tensor | None:
         """``evaluate(heads, encoder, x, y, shared)`` of this step's :class:`StackedHeads` evaluation, or ``None``
         where it does not apply or fails (a failure is kept in ``stack_fallback``: the rest of the training then
         goes the general way)."""
@@ -405,7 +411,7 @@ class Lookahead:
         if any(not k.startswith("encoder.") for k in replaced) or any(not k.startswith("heads.") for k in fixed):
             return None
         batch = heads.batch(ctx.batch)
-        if batch is None or (per_task_only and batch[2]):
+        if batch is None:
             return None
         x, y, shared = batch
         encoder = {k[len("encoder."):]: v for k, v in replaced.items()}

@@ -19,14 +19,14 @@ observed the pair (Eq. 7, the cumulative transfer gain). **Diagonal**: 0, which 
 
 Cost (Section 4.3, Appendix E): the ``n(n-1)/2`` pair steps and ``n`` single steps share the per-task gradients
 (one batched backward: ``n - 1`` extra backward passes); the ``n(n+1)/2`` parameter sets are evaluated in one
-``vmap`` call (counted as ``n(n+1)/2`` extra forward passes; each evaluates every task's loss, so ``S[i -> j]``
-and ``S[j -> i]`` come from the same pair set: the paper counts ``n^2 + n`` loss evaluations).
+batched call (counted as ``n(n+1)/2`` extra forward passes; ``S[i -> j]`` and ``S[j -> i]`` come from the same
+pair set: the paper counts ``n^2 + n`` loss evaluations).
 
-On per-task inputs whose heads stack (:class:`bench.signals._lookahead.StackedHeads`), a set only needs its
-members' losses, so it encodes only their samples: a pair's set 2 of the n tasks' batches, a single's set its
-task's batch twice (one call for all sets; the copy costs less than a second call). ``extra_forward_batches`` in
-``info`` counts the encoded rows in whole-batch units (``extra_forward`` counts sets); on shared inputs every set
-encodes the whole batch.
+Where the heads stack (:class:`bench.signals._lookahead.StackedHeads`), a set evaluates only its members' heads
+and losses; on per-task inputs it also encodes only their samples: a pair's set 2 of the n tasks' batches, a
+single's set its task's batch twice (one call for all sets; the copy costs less than a second call).
+``extra_forward_batches`` in ``info`` counts the encoded rows in whole-batch units (``extra_forward`` counts
+sets); on shared inputs every set encodes the whole batch. Otherwise every set evaluates every task's loss.
 
 Efficiency options (Section 4.3 and Appendix E):
 
@@ -112,14 +112,15 @@ class TransferGainCallback(GradientCallback):
         self.pending = None
         n, size = len(ctx.group), len(members)
         own = self.member_losses(ctx, shared, members, first, second)
-        if own is not None:  # per-task inputs: each set encoded only its members' samples
+        if own is not None:  # only the members' losses; on per-task inputs only their samples are encoded
             alone, on_first, on_second = own
-            self.forward_batches += 2 * (size + len(first)) / n
-        else:  # every set evaluates every task's loss on the whole batch
+        else:  # every set evaluates every task's loss
             after = self.lookahead.losses(ctx, shared).cpu().numpy().astype(np.float64)  # (P, n)
             rows = size + np.arange(len(first))
             alone, on_first, on_second = after[np.arange(size), members], after[rows, first], after[rows, second]
-            self.forward_batches += size + len(first)
+        per_task = len({id(x) for x in ctx.batch.inputs.values()}) > 1
+        # whole batches encoded: a set its whole batch on shared inputs, or its two members' samples
+        self.forward_batches += (size + len(first)) * (2 / n if per_task and own is not None else 1)
         base = np.zeros(n)
         base[members] = alone  # L_j(phi_j, theta_j') for j in the subset
         out = np.full((n, n), np.nan)
@@ -129,10 +130,10 @@ class TransferGainCallback(GradientCallback):
         return out
 
     def member_losses(self, ctx, shared, members, first, second):
-        """``(alone, on_first, on_second)`` from sets that encode only their members' samples: ``alone[k]`` =
+        """``(alone, on_first, on_second)`` from sets that evaluate only their members' losses: ``alone[k]`` =
         ``L_j(phi_j)`` for ``j = members[k]``; ``on_first[p]`` / ``on_second[p]`` = the pair's two losses under
-        ``phi_{i,j}``; ``None`` where the lookahead cannot restrict a set to its members (shared inputs, or
-        heads that do not stack)."""
+        ``phi_{i,j}``; ``None`` where the lookahead cannot restrict a set to its members (heads that do not
+        stack)."""
         size = len(members)
         device = next(iter(shared.values())).device
         # one call for all sets: a single {j} is the "pair" (j, j), of which only the first loss is read (its
