@@ -160,6 +160,10 @@ class MTLModel(nn.Module):
         rows = {t: starts[id(x)] for t, x in inputs.items()}
         if full:  # n aliases of z from one node (cheaper than n view nodes, forward and backward)
             head_inputs = dict(zip(inputs, z.expand(len(inputs), *z.shape).unbind(0)))
+        elif len(xs) == len(inputs):  # every task its own rows: one split node (its backward is one cat, where
+            # n slice nodes would each scatter into a zero tensor of z's size)
+            pieces = dict(zip(distinct, z.split([x.shape[0] for x in xs])))
+            head_inputs = {t: pieces[id(x)] for t, x in inputs.items()}
         else:
             head_inputs = {t: z[a:b] for t, (a, b) in rows.items()}
         out = {t: self.heads[t](h) for t, h in head_inputs.items()}

@@ -286,6 +286,28 @@ def test_batched_task_gradients_equal_the_loop(layout, batch_norm):
     assert len(seen) == 6
 
 
+@pytest.mark.parametrize("sharing", ["all", "none", "a_and_b"])
+def test_forward_parts_gives_each_task_its_own_cotangent(sharing):
+    """``forward_parts`` equals ``forward``, and the summed loss's gradient at ``head_inputs[t]`` is task t's own
+    cotangent, whether all tasks read one input, each its own, or two of three share one."""
+    model = tiny_factory(batch_norm=False)(TASKS3)
+    gen = torch.Generator().manual_seed(0)
+    xs = [torch.randn(6, 5, generator=gen, dtype=DT) for _ in range(3)]
+    inputs = {"all": dict.fromkeys(TASKS3, xs[0]), "none": dict(zip(TASKS3, xs)),
+              "a_and_b": {"a": xs[0], "b": xs[0], "c": xs[2]}}[sharing]
+    out, parts = model.forward_parts(inputs)
+    for t, o in model(inputs).items():
+        torch.testing.assert_close(out[t], o)
+    losses = {t: (out[t] ** 2).mean() * (i + 1) for i, t in enumerate(TASKS3)}
+    got = torch.autograd.grad(sum(losses.values()), [parts.head_inputs[t] for t in TASKS3], retain_graph=True)
+    for t, g in zip(TASKS3, got):
+        view = parts.head_inputs[t]
+        want, = torch.autograd.grad(losses[t], view, retain_graph=True)
+        torch.testing.assert_close(g, want)
+        a, b = parts.rows[t]
+        torch.testing.assert_close(view, parts.z[a:b])
+
+
 @pytest.mark.parametrize("batch_norm", [True, False], ids=["batch_norm", "row_wise"])
 @pytest.mark.parametrize("wants", [True, False])
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
