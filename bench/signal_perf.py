@@ -19,10 +19,12 @@ Two input layouts (``layout``): ``shared`` (one input tensor for all tasks: Cele
 (every task its own samples, a step encodes 9 x 64 rows: School, Landmine, Parkinson, Chemical).
 
 Measured on the development machine (2 shared CPU cores, one thread, 64 steps, median of 7 rounds;
-``python -m bench perf signals --out results/signals --repeats 7``), shared / per-task: plain 0.92-0.94 /
-1.19-1.20 ms per step; ``etap`` 1.58-1.60x / 1.29-1.34x; ``cs`` 1.47-1.50x / 1.20-1.22x; ``tag`` 2.11-2.19x /
-2.01-2.16x (the naive loop 3.8-4.0x / 4.3-4.4x); ``transfer_gain[sample=true]`` 3.37-3.45x / 2.39-3.24x. So on
-this CPU the TAG target is missed narrowly, the ETAP and sampling targets clearly. Why, per step:
+``python -m bench perf signals --out results/signals --repeats 7``; ranges over 4 whole runs of the command),
+shared / per-task: plain 0.92 / 1.20-1.24 ms per step; ``tag`` 1.85-1.97x / 1.87-2.22x (the naive loop 3.8-4.1x /
+4.4-4.8x); ``transfer_gain[sample=true]`` 2.05-2.32x / 1.77-2.18x (below ``tag`` of the same run in every run on
+per-task inputs, in none on shared inputs); ``etap`` 1.57-1.64x / 1.26-1.32x; ``cs`` 1.49-1.55x / 1.19-1.22x. The
+process keeps freed memory (:mod:`bench.heap`; without it per-task TAG took 3.2-3.3x in a process that ran only
+plain training and TAG, from page faults). Why, per step:
 
 - **per-task gradients** (every gradient signal; ``cs`` is nothing else). Shared inputs: every task's cotangent
   reaches every sample, so the n gradients need n encoder backwards' arithmetic (one batched backward, ~+0.5x of
@@ -30,19 +32,20 @@ this CPU the TAG target is missed narrowly, the ETAP and sampling targets clearl
   backward split by task (``segments`` in :mod:`bench.trainer`), the same arithmetic as plain training; what is
   left (+0.2x) is the per-layer split and the per-parameter bookkeeping of a ~1 ms step.
 - **ETAP** adds its virtual Adam step over the n gradients (~8 elementwise passes over ``n x D``) and an ``n x n``
-  product: ~+0.1x each on this step. The 1.10x target would need those at ~0.1 ms in all; on a GPU, or with a
-  step that is not overhead-bound, the share shrinks (not measured: no GPU was available).
-- **TAG**: n = 9 lookahead parameter sets, each encoding the whole batch: 9 extra encoder forwards of arithmetic
-  (per-task inputs: 9 x 576 rows, ~0.57 ms alone; shared inputs: the cost is per-call overhead of the vmapped
-  evaluation). Stacked heads (:class:`bench.signals._lookahead.StackedHeads`) make the heads and losses one call.
-- **transfer gain**: ``n(n+1)/2 = 45`` parameter sets per step, ``E[T(T+1)/2] = (n+1)(n+2)/6 = 18.3`` with sampling.
-  On shared inputs each set needs a whole-batch encoder forward, so sampled transfer gain (18.3) stays above TAG
-  (9): the paper's cost model (Section 4.3, Table 9) counts one forward per *task loss*, ``n^2 + n`` for TAG.
-  On per-task inputs a set encodes only its members' samples (``forward_batches``: 4.4 batch-equivalents per
-  step against TAG's 9), so the arithmetic is below TAG's; what keeps the time above is the virtual step over
-  twice as many parameter sets plus the heads' virtual step (18 small tensors), i.e. per-call overhead.
-- ``transfer_gain`` without sampling on shared inputs got slower with stacked heads (5.5x -> 6.3x: 45 sets x 9
-  heads of copies); it has no target, and the sampled variant and TAG got faster.
+  product: ~+0.1x each on this step. The 1.10x target would need those and the per-task gradients at ~0.1 ms in
+  all; on a GPU, or with a step that is not overhead-bound, the share shrinks (not measured: no GPU was available).
+- **TAG**: n = 9 lookahead parameter sets, each encoding the whole batch, as batched products without ``vmap``
+  (:func:`bench.trainer.run_row_wise`). On per-task inputs that is 9 x 576 rows, ~0.5 ms of arithmetic at about
+  80 GFLOP/s, i.e. the 9 extra encoder forwards themselves: TAG sits at its arithmetic floor plus ~0.3 ms, hence
+  the spread around 2x. Stacked heads (:class:`bench.signals._lookahead.StackedHeads`) make the heads and the
+  losses one batched product and one per-sample loss.
+- **transfer gain**: ``n(n+1)/2 = 45`` parameter sets per step, ``E[T(T+1)/2] = (n+1)(n+2)/6 = 18.3`` with
+  sampling, each evaluating only its members' heads and losses; the heads' virtual steps are read from the
+  trainer's update (they are that update). On per-task inputs a set encodes only its members' samples
+  (``forward_batches``: 4.4 batch-equivalents per step against TAG's 9), so it runs below TAG. On shared inputs
+  each set needs a whole-batch encoder forward, 18.3 against TAG's 9, and the virtual step covers twice as many
+  sets: ~+0.2 ms that no saving elsewhere offsets. The paper's cost model (Section 4.3, Table 9) counts one
+  forward per *task loss* (``n^2 + n`` for TAG), which holds for per-task inputs, not for a shared encoder.
 """
 
 from __future__ import annotations
