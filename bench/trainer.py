@@ -221,6 +221,16 @@ def row_wise_layers(encoder: nn.Module) -> list[tuple[str, nn.Module]] | None:
     return layers
 
 
+def stacked_linear(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``P`` Linear layers at once: ``weight`` ``(P, out, in)``, ``bias`` ``(P, out)`` or ``None``, on ``z`` of
+    shape ``(rows, in)`` (the same rows for every layer) or ``(P, rows, in)``; one batched product, ``(P, rows,
+    out)``."""
+    x = z if z.ndim == 3 else z.expand(weight.shape[0], *z.shape)
+    if bias is None:
+        return torch.bmm(x, weight.transpose(1, 2))
+    return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+
 def run_row_wise(layers: list[tuple[str, nn.Module]], z: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None,
                  record: list | None = None) -> torch.Tensor:
     """The encoder of :func:`row_wise_layers` on ``z``, layer by layer: its ``forward``, with the Linear layers'
@@ -234,12 +244,7 @@ def run_row_wise(layers: list[tuple[str, nn.Module]], z: torch.Tensor, params: M
     for path, layer in layers:
         if isinstance(layer, nn.Linear) and params is not None:
             weight, bias = params[f"{path}.weight"], params.get(f"{path}.bias")
-            if weight.ndim == 3:
-                x = z if z.ndim == 3 else z.expand(weight.shape[0], *z.shape)
-                out = torch.bmm(x, weight.transpose(1, 2)) if bias is None else \
-                    torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
-            else:
-                out = nn.functional.linear(z, weight, bias)
+            out = stacked_linear(z, weight, bias) if weight.ndim == 3 else nn.functional.linear(z, weight, bias)
         else:
             out = layer(z)
         if record is not None and isinstance(layer, nn.Linear):

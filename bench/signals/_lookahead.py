@@ -47,7 +47,7 @@ from torch import nn
 
 from bench.errors import Unsupported, UsageError
 from bench.signals.base import SignalCallback
-from bench.trainer import MTLModel, StepContext, TaskGradients, row_wise_layers, run_row_wise
+from bench.trainer import MTLModel, StepContext, TaskGradients, row_wise_layers, run_row_wise, stacked_linear
 
 
 class FlatParams:
@@ -288,9 +288,7 @@ class StackedHeads:
         (no vmap)."""
         template, loss = self.template, self.loss_fn
         if type(template) is nn.Linear and z.ndim == 3:  # the common head: one batched product
-            weight, bias = heads["weight"], heads.get("bias")
-            out = torch.bmm(z, weight.transpose(1, 2)) if bias is None else \
-                torch.baddbmm(bias.unsqueeze(1), z, weight.transpose(1, 2))
+            out = stacked_linear(z, heads["weight"], heads.get("bias"))
             m, rows = out.shape[:2]
             per_sample = self.row_loss_fn(out.reshape(m * rows, -1), y.reshape(m * rows, *y.shape[2:]))
             return per_sample.reshape(m, rows).mean(1)
@@ -403,8 +401,8 @@ class Lookahead:
         goes the general way)."""
         model = ctx.model
         if self._stacked is None or self._stacked[0] is not model:
-            self._stacked = (model, StackedHeads.build(model, ctx.group, ctx._trainer.loss_fns,
-                                                                ctx._trainer.row_loss_fns))
+            loop = ctx._trainer
+            self._stacked = (model, StackedHeads.build(model, ctx.group, loop.loss_fns, loop.row_loss_fns))
         heads = self.stacked
         if heads is None or self.stack_fallback is not None or self.fallback is not None:
             return None
