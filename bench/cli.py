@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--profile", default="mini", choices=PROFILES, help="batched: profile (default mini)")
     perf.add_argument("--single", default="8", help="batched: groups trained one by one (default 8)")
     perf.add_argument("--data-root", help=f"batched: folder with the real data files (default: ${DATA_ROOT_ENV})")
+    perf.add_argument("--scale", default="all",
+                      help="signals: model scale(s), comma-separated: small, wide (default all; see "
+                           "bench.signal_perf.SCALES)")
 
     pred = sub.add_parser("predictors", help="prediction quality of signals and gain predictors on held-out groups "
                                              "(ETAP Tables 2, 3, 9; tabular-divergence Tables 2, 6)")
@@ -369,13 +372,18 @@ def _cmd_perf(args) -> int:
             print(path)
         return 0
     if args.what == "signals":
-        from bench.signal_perf import LAYOUTS, sca_cost, signal_costs, write_signal_report
+        from bench.signal_perf import LAYOUTS, SCALES, sca_cost, signal_costs, write_signal_report
 
+        scales = list(SCALES) if args.scale == "all" else _ids(args.scale, "scale")
+        unknown = sorted(set(scales) - set(SCALES))
+        if unknown:
+            raise UsageError(f"unknown scale(s) {unknown}; allowed: {', '.join(SCALES)} or all")
         print("timing the training signals against plain training ...", file=sys.stderr)
         rows = []
-        for layout in LAYOUTS:
-            print(f"  {layout} inputs", file=sys.stderr)
-            rows += signal_costs(repeats=args.repeats, quick=args.quick, layout=layout)
+        for scale in scales:
+            for layout in LAYOUTS:
+                print(f"  {scale} model, {layout} inputs", file=sys.stderr)
+                rows += signal_costs(repeats=args.repeats, quick=args.quick, layout=layout, scale=scale)
         print("timing SCA against one MTL training ...", file=sys.stderr)
         rows.append(sca_cost(repeats=args.repeats, quick=args.quick))
         for path in write_signal_report(rows, args.out):

@@ -63,7 +63,7 @@ from torch import nn
 from bench.dataset import TrainedProblem
 from bench.errors import UsageError
 from bench.heap import keep_freed_memory
-from bench.signals._lookahead import lookahead_losses_loop, virtual_parameters
+from bench.signals._lookahead import GradientCallback, lookahead_losses_loop, virtual_parameters
 from bench.signals.base import SignalCallback
 from bench.signals.cs import CosineCallback
 from bench.signals.etap import EtapCallback
@@ -74,17 +74,31 @@ from bench.types import Task
 
 LAYOUTS = ("shared", "per_task")
 TARGETS = {"etap": ("<= 1.10x plain", 1.10), "tag": ("<= 2x plain", 2.0)}
-DIM, HIDDEN, FEATURE, BATCH = 32, 64, 32, 64
+SCALES = {"small": (32, 64, 32, 64), "wide": (64, 512, 256, 256)}
+"""``scale -> (input features, hidden units, encoder output, batch size per task)``: ``small`` is the papers'
+tabular size (a step is bound by per-operation overhead on a CPU), ``wide`` one whose step is bound by arithmetic
+and memory traffic."""
+STEPS = {"small": 64, "wide": 16}
+"""Default training steps per timed training at each scale (a ``wide`` step takes ~5-30 ms)."""
+TASK_GRADIENTS = "task gradients"
+"""The reference variant whose step computes the n per-task gradients and updates with their sum, observing
+nothing (:class:`TaskGradientsCallback`)."""
+
+
+def _check(name: str, value: str, allowed) -> None:
+    if value not in allowed:
+        raise UsageError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
 
 
 def cost_problem(n_tasks: int = 9, steps: int = 64, epochs: int = 2, seed: int = 1234,
-                 layout: str = "shared") -> TrainedProblem:
+                 layout: str = "shared", scale: str = "small") -> TrainedProblem:
     """The benchmark's problem: ``n_tasks`` regression tasks (see the module docstring); ``steps`` training steps
     in all, over ``epochs`` epochs. ``layout``: ``shared`` (every task reads the same samples, as CelebA, ETTm1,
     QM9) or ``per_task`` (every task its own samples, as School, Landmine, Parkinson; a step then encodes
-    ``n_tasks x`` batch rows)."""
-    if layout not in LAYOUTS:
-        raise UsageError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    ``n_tasks x`` batch rows). ``scale``: the encoder's widths and the batch size (:data:`SCALES`)."""
+    _check("layout", layout, LAYOUTS)
+    _check("scale", scale, SCALES)
+    DIM, HIDDEN, FEATURE, BATCH = SCALES[scale]
     names = [f"t{i}" for i in range(n_tasks)]
     per_epoch = max(1, math.ceil(steps / epochs))
     gen = torch.Generator().manual_seed(seed)
@@ -107,7 +121,7 @@ def cost_problem(n_tasks: int = 9, steps: int = 64, epochs: int = 2, seed: int =
     data = TaskData(split(per_epoch * BATCH), split(512), split(512))
     config = TrainConfig(epochs=epochs, batch_size=BATCH, optimizer="adam", lr=1e-3, patience=None)
     identity = {"name": "signal-cost", "n_tasks": n_tasks, "steps": steps, "epochs": epochs, "seed": seed,
-                "layout": layout}
+                "layout": layout, "scale": scale}
     return TrainedProblem(tasks, "synthetic", identity, data, factory, config)
 
 
@@ -129,6 +143,17 @@ class NaiveTagCallback(TagCallback):
         return ((1.0 - after.T / before[:, None]) / ctx.lr).cpu().numpy()
 
 
+class TaskGradientsCallback(GradientCallback):
+    """The reference of :data:`TASK_GRADIENTS`: the step computes the n per-task gradients (the trainer then
+    updates with their sum) and nothing else. It is the training step ETAP's premise assumes ("these gradients are
+    already computed as part of the standard backpropagation", Section 3.1) and the one its reference code runs
+    (one backward per task, then the summed update)."""
+
+    def step_matrix(self, ctx):
+        self.task_gradients(ctx)
+        return None
+
+
 def variants(tasks: tuple[str, ...]) -> dict[str, Callable[[int], list[SignalCallback]]]:
     """Label -> a factory of the callbacks of one timed training (fresh ones per training), given the signal's
     seed. The measurement gives every round its own signal seed: sampled transfer gain's cost follows the subset
@@ -136,6 +161,7 @@ def variants(tasks: tuple[str, ...]) -> dict[str, Callable[[int], list[SignalCal
     is over draws too."""
     return {
         "plain": lambda s: [],
+        TASK_GRADIENTS: lambda s: [TaskGradientsCallback(tasks)],
         "tag": lambda s: [TagCallback(tasks)],
         "cs": lambda s: [CosineCallback(tasks)],
         "transfer_gain": lambda s: [TransferGainCallback(tasks, seed=s)],
@@ -149,24 +175,29 @@ def variants(tasks: tuple[str, ...]) -> dict[str, Callable[[int], list[SignalCal
     }
 
 
-def signal_costs(n_tasks: int = 9, steps: int = 64, repeats: int = 5, quick: bool = False, seed: int = 0,
-                 only: tuple[str, ...] | None = None, layout: str = "shared") -> list[dict]:
+def signal_costs(n_tasks: int = 9, steps: int | None = None, repeats: int = 5, quick: bool = False, seed: int = 0,
+                 only: tuple[str, ...] | None = None, layout: str = "shared", scale: str = "small") -> list[dict]:
     """Seconds per training (median over ``repeats`` interleaved rounds) and the ratio to plain training.
 
-    ``quick``: 8 steps and 1 round (a smoke check of the machinery, not a measurement). Rows: ``variant``,
-    ``seconds``, ``ratio``, ``per_step_ms``, ``extra_forward`` and ``extra_backward`` per training, ``target`` and
-    ``met`` where a target applies.
+    ``steps``: training steps per timed training (default :data:`STEPS` of the scale); ``quick``: 8 steps and 1
+    round (a smoke check of the machinery, not a measurement). Rows: ``variant``, ``layout``, ``scale``,
+    ``seconds``, ``ratio`` (to plain training), ``over_task_gradients`` (to the :data:`TASK_GRADIENTS` step),
+    ``per_step_ms``, ``extra_forward`` and ``extra_backward`` per training, ``target`` and ``met`` where a target
+    applies (targets are judged on ``ratio``).
     """
+    _check("scale", scale, SCALES)
+    if steps is None:
+        steps = STEPS[scale]
     from threadpoolctl import threadpool_limits
 
     keep_freed_memory()  # the command line's heap settings (bench.heap), for plain training and signals alike
     if quick:
         steps, repeats = 8, 1
-    problem = cost_problem(n_tasks, steps, layout=layout)
+    problem = cost_problem(n_tasks, steps, layout=layout, scale=scale)
     group = problem.task_names
     makers = variants(tuple(sorted(group)))
     if only is not None:
-        makers = {k: v for k, v in makers.items() if k == "plain" or k in only}
+        makers = {k: v for k, v in makers.items() if k in ("plain", TASK_GRADIENTS) or k in only}
     labels = list(makers)
     times: dict[str, list[float]] = {k: [] for k in labels}
     counts: dict[str, dict] = {}
@@ -189,12 +220,14 @@ def signal_costs(n_tasks: int = 9, steps: int = 64, repeats: int = 5, quick: boo
     finally:
         torch.set_num_threads(threads)
     plain = statistics.median(times["plain"])
+    with_gradients = statistics.median(times[TASK_GRADIENTS])
     rows = []
     for label in labels:
         seconds = statistics.median(times[label])
         info = counts.get(label, {})
-        row = {"variant": label, "layout": layout, "tasks": n_tasks, "steps": steps, "repeats": repeats,
-               "seconds": seconds, "ratio": seconds / plain, "per_step_ms": 1000 * seconds / steps,
+        row = {"variant": label, "layout": layout, "scale": scale, "tasks": n_tasks, "steps": steps,
+               "repeats": repeats, "seconds": seconds, "ratio": seconds / plain,
+               "over_task_gradients": seconds / with_gradients, "per_step_ms": 1000 * seconds / steps,
                "extra_forward": info.get("extra_forward", 0), "extra_backward": info.get("extra_backward", 0),
                "forward_batches": info.get("extra_forward_batches", info.get("extra_forward", 0)),
                "target": "", "met": ""}
@@ -270,19 +303,23 @@ def write_signal_report(rows: list[dict], out_dir: str | Path) -> list[Path]:
         writer = csv.DictWriter(fh, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
-    shown = ["layout", "variant", "seconds", "ratio", "per_step_ms", "extra_forward", "forward_batches",
-             "extra_backward", "target", "met"]
+    shown = ["scale", "layout", "variant", "seconds", "ratio", "over_task_gradients", "per_step_ms", "extra_forward",
+             "forward_batches", "extra_backward", "target", "met"]
 
     def cell(v):
         return f"{v:.3f}" if isinstance(v, float) else str(v)
 
     table = markdown_table(shown, [[cell(r.get(k, "")) for k in shown] for r in rows])
-    first = rows[0] if rows else {}
-    note = (f"Measured {time.strftime('%Y-%m-%d')}: one training of {first.get('tasks', '?')} tasks, "
-            f"{first.get('steps', '?')} steps, per variant; median of {first.get('repeats', '?')} interleaved "
+    timed = [r for r in rows if r.get("layout")]
+    first = timed[0] if timed else {}
+    steps = ", ".join(dict.fromkeys(f"{r['scale']}: {r['steps']} steps" for r in timed))
+    note = (f"Measured {time.strftime('%Y-%m-%d')}: one training of {first.get('tasks', '?')} tasks per variant "
+            f"({steps}; scales: `bench.signal_perf.SCALES`); median of {first.get('repeats', '?')} interleaved "
             "rounds after a warm-up round; torch and BLAS on one thread. `ratio` = seconds / plain training's "
-            "seconds in the same run. Extra passes are counted per training by the signals themselves. Why the "
-            "ratios are what they are: the docstring of `bench/signal_perf.py`. Heap: "
+            "seconds in the same run (the targets are judged on it); `over_task_gradients` = seconds / the seconds "
+            f"of the `{TASK_GRADIENTS}` step, which computes the n per-task gradients and updates with their sum "
+            "(the step ETAP's premise assumes). Extra passes are counted per training by the signals themselves. "
+            "Why the ratios are what they are: the docstring of `bench/signal_perf.py`. Heap: "
             f"{_heap_note()}.")
     md_path = out / "signal_costs.md"
     md_path.write_text(f"# Training-signal cost against plain training\n\n{note}\n\n{table}\n")

@@ -48,6 +48,7 @@ ERRORS = [
     (("run", "--jobs", "0"), "at least 1"),
     (("run", "--device", "tpu"), "allowed: cpu, cuda, auto"),
     (("run", "--data-root", "/no/such/dir"), "is not a directory"),
+    (("perf", "signals", "--scale", "huge"), "unknown scale\\(s\\) \\['huge'\\]; allowed: small, wide or all"),
     (("list", "everything"), "allowed: datasets, methods, baselines, solvers, signals, predictors, suites"),
     (("table", "/no/such/dir"), "is not a directory"),
     (("compare", "/no/such/dir"), "is not a directory"),

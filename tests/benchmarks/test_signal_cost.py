@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from bench.errors import UsageError
-from bench.signal_perf import LAYOUTS, cost_problem, signal_costs, variants, write_signal_report
+from bench.signal_perf import LAYOUTS, SCALES, cost_problem, signal_costs, variants, write_signal_report
 
 PROBLEMS = {layout: cost_problem(9, steps=64, layout=layout) for layout in LAYOUTS}
 GROUP = PROBLEMS["shared"].task_names
@@ -68,12 +68,16 @@ def test_signal_cost_ratios(benchmark, capsys, layout):
 def test_signal_costs_quick_shape(tmp_path, layout):
     rows = signal_costs(quick=True, layout=layout)
     labels = [r["variant"] for r in rows]
-    assert labels == ["plain", "tag", "cs", "transfer_gain", "transfer_gain[sample=true]", "etap",
+    assert labels == ["plain", "task gradients", "tag", "cs", "transfer_gain", "transfer_gain[sample=true]", "etap",
                       "tag (naive loop)", "tag[every=10]", "transfer_gain[sample=true,every=10]", "etap[every=10]"]
     for r in rows:
         assert r["seconds"] > 0 and math.isfinite(r["ratio"]) and r["steps"] == 8
     by = {r["variant"]: r for r in rows}
     assert by["etap"]["extra_forward"] == 0 and by["etap"]["extra_backward"] == 8 * 8
+    # the reference step computes the per-task gradients and observes nothing: the same extra backward as etap
+    assert by["task gradients"]["extra_backward"] == 8 * 8 and by["task gradients"]["over_task_gradients"] == 1.0
+    for r in rows:
+        assert r["over_task_gradients"] == pytest.approx(r["seconds"] / by["task gradients"]["seconds"])
     assert by["etap[every=10]"]["extra_backward"] == 8  # one observed step in 10: step 0 of the 8
     assert by["tag"]["extra_forward"] == by["tag (naive loop)"]["extra_forward"] == 9 * 8
     assert by["transfer_gain"]["extra_forward"] == 45 * 8
@@ -91,6 +95,29 @@ def test_signal_costs_quick_shape(tmp_path, layout):
 def test_unknown_layout_is_named():
     with pytest.raises(UsageError, match="layout must be one of"):
         cost_problem(layout="mixed")
+
+
+def test_unknown_scale_is_named():
+    with pytest.raises(UsageError, match=r"scale must be one of \('small', 'wide'\), got 'huge'"):
+        signal_costs(scale="huge")
+
+
+@pytest.mark.parametrize("scale", list(SCALES))
+def test_scales_build_the_widths_they_name(scale):
+    dim, hidden, feature, batch = SCALES[scale]
+    problem = cost_problem(3, steps=4, layout="per_task", scale=scale)
+    model = problem.model_factory(problem.task_names)
+    widths = [(m.in_features, m.out_features) for m in model.encoder if isinstance(m, torch.nn.Linear)]
+    assert widths == [(dim, hidden), (hidden, feature)]
+    assert problem.config.batch_size == batch and problem.identity["scale"] == scale
+
+
+def test_wide_scale_quick_report(tmp_path):
+    rows = signal_costs(quick=True, layout="shared", scale="wide", only=("etap",))
+    assert [r["variant"] for r in rows] == ["plain", "task gradients", "etap"]
+    assert all(r["scale"] == "wide" and r["steps"] == 8 for r in rows)
+    text = write_signal_report(rows, tmp_path)[1].read_text()
+    assert "wide: 8 steps" in text and "over_task_gradients" in text
 
 
 def test_sca_cost_quick_shape():
