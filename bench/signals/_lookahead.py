@@ -20,8 +20,10 @@ The operations follow torch's own single-tensor implementation, so ``theta'`` eq
 would give up to floating-point rounding (the tests check it against a real step on a copy).
 
 **The batched lookahead evaluation** (:class:`Lookahead`). Given ``P`` replacement values of some parameters
-(tensors with a leading ``P`` axis), every task's loss on the current batch, in train mode (batch statistics, as
-TAG's reference does), for each set: a ``(P, n)`` matrix from *one* call of
+(tensors with a leading ``P`` axis), every task's loss on the current batch, in train mode (batch statistics and
+dropout, as TAG's reference does; random layers draw under :meth:`bench.trainer.StepContext.own_randomness`, so
+the observed training's own random stream, and with it its trajectory, stays that of a plain training), for each
+set: a ``(P, n)`` matrix from *one* call of
 ``torch.func.vmap(torch.func.functional_call(model, ...))``. Batch-norm layers update their running statistics in
 place in train mode; each vmapped call therefore gets ``P`` fresh clones of the model's buffers, and the real
 model's buffers are never touched. Where ``vmap`` cannot run the model (an operation without a batching rule,
@@ -369,15 +371,16 @@ class Lookahead:
         ``replaced[name][p]`` (and ``fixed[name]`` for every row) substituted; train mode; no gradients."""
         self.calls += 1
         fixed = dict(fixed or {})
-        out = self._stacked_run(ctx, replaced, fixed, lambda heads, enc, x, y, shared:
-                                self.stacked.all_tasks(enc, heads, x, y, shared))
-        if out is not None:
-            return out
-        if self.fallback is None:
-            try:
-                return self._vmapped(ctx, replaced, fixed)
-            except Exception as exc:  # noqa: BLE001 -- the loop below re-raises a genuine error of the model
-                self.fallback = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        with ctx.own_randomness():
+            out = self._stacked_run(ctx, replaced, fixed, lambda heads, enc, x, y, shared:
+                                    self.stacked.all_tasks(enc, heads, x, y, shared))
+            if out is not None:
+                return out
+            if self.fallback is None:
+                try:
+                    return self._vmapped(ctx, replaced, fixed)
+                except Exception as exc:  # noqa: BLE001 -- the loop below re-raises a genuine error of the model
+                    self.fallback = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
         return lookahead_losses_loop(ctx, replaced, fixed)
 
     def member_losses(self, ctx: StepContext, replaced: Mapping[str, torch.Tensor],
@@ -385,8 +388,9 @@ class Lookahead:
         """``(P, m)``: the losses of tasks ``members[p]`` (indices into ``ctx.group``) only (see
         :meth:`StackedHeads.members`); ``None`` where the heads do not stack (then use :meth:`losses`, which
         evaluates every task)."""
-        out = self._stacked_run(ctx, replaced, dict(fixed or {}), lambda heads, enc, x, y, shared:
-                                self.stacked.members(enc, heads, x, y, shared, members))
+        with ctx.own_randomness():
+            out = self._stacked_run(ctx, replaced, dict(fixed or {}), lambda heads, enc, x, y, shared:
+                                    self.stacked.members(enc, heads, x, y, shared, members))
         self.calls += out is not None
         return out
 

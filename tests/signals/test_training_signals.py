@@ -773,3 +773,48 @@ def test_within_cluster_pairs_rank_above_cross_cluster_pairs(clustered, name, se
     affinity = registry.create("signal", name).compute(clustered, seed=seed)
     margin = _cluster_margin(affinity.matrix, affinity.tasks, clustered.planted_groups)
     assert margin > 0, (name, seed, affinity.matrix)
+
+
+def _dropout_factory(batch_norm: bool):
+    def factory(group):
+        layers = [nn.Linear(5, 8)] + ([nn.BatchNorm1d(8)] if batch_norm else []) + [nn.Tanh(), nn.Dropout(0.3),
+                                                                                     nn.Linear(8, 4)]
+        return MTLModel(nn.Sequential(*layers).to(DT), {t: nn.Linear(4, 1).to(DT) for t in group})
+
+    return factory
+
+
+@pytest.mark.parametrize("batch_norm", [True, False], ids=["batch_norm", "row_wise"])
+@pytest.mark.parametrize("layout", ["shared", "per_task"])
+@pytest.mark.parametrize("observer", ["tag", "transfer_gain", "transfer_gain[sample=true]", "tag (naive loop)"])
+def test_observing_a_training_with_dropout_leaves_its_trajectory(observer, layout, batch_norm):
+    """A lookahead through dropout draws its masks from the process's random stream and puts the stream back, so
+    the observed training draws the same masks as a plain training and ends with the same weights."""
+    from bench.signal_perf import NaiveTagCallback
+
+    config = TrainConfig(epochs=3, batch_size=8, patience=None, **OPTIMIZERS["adam"])
+    problem = TrainedProblem(list(_tasks(TASKS3).values()), "synthetic", {"name": f"dropout-{layout}-{batch_norm}"},
+                             tiny_data(layout), _dropout_factory(batch_norm), config)
+    makers = {"tag": lambda: TagCallback(TASKS3), "transfer_gain": lambda: TransferGainCallback(TASKS3, seed=1),
+              "transfer_gain[sample=true]": lambda: TransferGainCallback(TASKS3, sample=True, seed=1),
+              "tag (naive loop)": lambda: NaiveTagCallback(TASKS3)}
+    models = {}
+
+    class Keep(Callback):
+        wants_task_gradients = True
+
+        def __init__(self, key):
+            self.key = key
+
+        def on_train_start(self, group, model, optimizer):
+            models[self.key] = model
+
+        def before_step(self, ctx):
+            ctx.task_gradients()  # the same update arithmetic (summed per-task gradients) as the observed run
+
+    problem.train(TASKS3, seed=3, callbacks=[Keep("plain")])
+    observer_cb = makers[observer]()
+    problem.train(TASKS3, seed=3, callbacks=[Keep("observed"), observer_cb])
+    assert observer_cb.steps > 0
+    for (k, a), (_, b) in zip(models["observed"].state_dict().items(), models["plain"].state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=k)
