@@ -28,13 +28,15 @@ is the price of the per-task gradients themselves.
 **Measured** on the development machine (2 shared CPU cores, one thread, median of 7 rounds;
 ``python -m bench perf signals --out results/signals --repeats 7``), shared / per-task inputs:
 
-- ``small`` (ranges over 5 whole runs): plain 0.91-0.92 / 1.18-1.24 ms per step; ``tag`` 1.85-1.97x / 1.84-2.22x
-  (the naive loop 3.8-4.1x / 4.4-4.8x); ``transfer_gain[sample=true]`` 2.05-2.32x / 1.77-2.18x (below ``tag`` of
-  the same run in every run on per-task inputs, in none on shared inputs); ``etap`` 1.57-1.64x / 1.26-1.32x;
-  ``cs`` 1.49-1.55x / 1.19-1.22x; the per-task gradients alone 1.37x / 1.11x.
-- ``wide`` (one run): plain 4.4 / 28 ms per step; the per-task gradients alone 4.5x / 1.04x; ``tag`` 7.3x / 3.6x
-  (naive loop 7.0x / 7.7x); ``transfer_gain[sample=true]`` 9.1x / 2.3x; ``etap`` 5.2x / 1.17x (1.16x / 1.13x over
-  the per-task-gradient step); ``cs`` 4.8x / 1.08x.
+- ``small`` (ranges over 6 whole runs): plain 0.91-0.92 / 1.18-1.24 ms per step; ``tag`` 1.85-1.97x / 1.84-2.22x
+  (under 2x in every shared run and 5 of 6 per-task runs; the naive loop 3.8-4.1x / 4.4-4.8x);
+  ``transfer_gain[sample=true]`` 2.05-2.32x / 1.77-2.18x (below ``tag`` of the same run in every per-task run, in
+  none of the shared ones); ``etap`` 1.57-1.64x / 1.26-1.32x; ``cs`` 1.49-1.55x / 1.19-1.22x; the per-task
+  gradients alone 1.37-1.38x / 1.11x.
+- ``wide`` (2 runs): plain 4.4-4.5 / 28-29 ms per step; the per-task gradients alone 4.4-4.5x / 1.04x; ``tag``
+  7.2-7.3x / 3.6x (naive loop 7.0x / 7.6-7.7x: on shared inputs batching saves nothing once arithmetic
+  dominates); ``transfer_gain[sample=true]`` 8.9-9.1x / 2.2-2.3x; ``etap`` 5.1-5.2x / 1.15-1.17x (1.16-1.18x /
+  1.10-1.13x over the per-task-gradient step); ``cs`` 4.8x / 1.08x.
 
 The process keeps freed memory (:mod:`bench.heap`; without it per-task TAG took 3.2-3.3x in a process that ran only
 plain training and TAG, from page faults).
@@ -50,8 +52,8 @@ forwards and take the per-task gradients as free. Both are true of an overhead-b
   the batch once per task). That is 4.5x plain on the wide model, so on shared inputs ETAP <= 1.10x (and TAG <= 2x)
   cannot hold for an arithmetic-bound model; on the small one the batched backward costs +0.4x.
 - **ETAP** then adds its virtual Adam step over the n gradients (~6 elementwise passes over ``n x D``) and an
-  ``n x n`` product: 1.13-1.16x over the per-task-gradient step at both scales, so even with free per-task
-  gradients it stays above 1.10x on a CPU (memory traffic on the wide model, per-operation overhead on the small).
+  ``n x n`` product: 1.10-1.18x over the per-task-gradient step at both scales, so even with free per-task
+  gradients it stays at or above 1.10x on a CPU (memory traffic on the wide model, per-operation overhead on the small).
 - **TAG**: n = 9 lookahead parameter sets, each encoding the whole batch, as batched products without ``vmap``
   (:func:`bench.trainer.run_row_wise`); stacked heads (:class:`bench.signals._lookahead.StackedHeads`) make the
   heads and the losses one batched product and one per-sample loss. Batching removes per-call overhead, not
