@@ -53,7 +53,8 @@ forwards and take the per-task gradients as free. Both are true of an overhead-b
   cannot hold for an arithmetic-bound model; on the small one the batched backward costs +0.4x.
 - **ETAP** then adds its virtual Adam step over the n gradients (~6 elementwise passes over ``n x D``) and an
   ``n x n`` product: 1.10-1.18x over the per-task-gradient step at both scales, so even with free per-task
-  gradients it stays at or above 1.10x on a CPU (memory traffic on the wide model, per-operation overhead on the small).
+  gradients it stays at or above 1.10x on a CPU (memory traffic on the wide model, per-operation overhead on the
+  small).
 - **TAG**: n = 9 lookahead parameter sets, each encoding the whole batch, as batched products without ``vmap``
   (:func:`bench.trainer.run_row_wise`); stacked heads (:class:`bench.signals._lookahead.StackedHeads`) make the
   heads and the losses one batched product and one per-sample loss. Batching removes per-call overhead, not
@@ -122,28 +123,28 @@ def cost_problem(n_tasks: int = 9, steps: int = 64, epochs: int = 2, seed: int =
     ``n_tasks x`` batch rows). ``scale``: the encoder's widths and the batch size (:data:`SCALES`)."""
     _check("layout", layout, LAYOUTS)
     _check("scale", scale, SCALES)
-    DIM, HIDDEN, FEATURE, BATCH = SCALES[scale]
+    dim, hidden, feature, batch = SCALES[scale]
     names = [f"t{i}" for i in range(n_tasks)]
     per_epoch = max(1, math.ceil(steps / epochs))
     gen = torch.Generator().manual_seed(seed)
-    weights = {t: torch.randn(DIM, generator=gen) / math.sqrt(DIM) for t in names}
+    weights = {t: torch.randn(dim, generator=gen) / math.sqrt(dim) for t in names}
 
     def split(n: int) -> Split:
         if layout == "shared":
-            x = torch.randn(n, DIM, generator=gen)
+            x = torch.randn(n, dim, generator=gen)
             inputs = dict.fromkeys(names, x)
         else:
-            inputs = {t: torch.randn(n, DIM, generator=gen) for t in names}
+            inputs = {t: torch.randn(n, dim, generator=gen) for t in names}
         targets = {t: torch.tanh(inputs[t] @ w) + 0.1 * torch.randn(n, generator=gen) for t, w in weights.items()}
         return Split(inputs, targets)
 
     def factory(group) -> MTLModel:
-        encoder = nn.Sequential(nn.Linear(DIM, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, FEATURE), nn.ReLU())
-        return MTLModel(encoder, {t: nn.Linear(FEATURE, 1) for t in group})
+        encoder = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, feature), nn.ReLU())
+        return MTLModel(encoder, {t: nn.Linear(feature, 1) for t in group})
 
     tasks = [Task(t, kind="regression", metric="mse", higher_is_better=False, loss="mse") for t in names]
-    data = TaskData(split(per_epoch * BATCH), split(512), split(512))
-    config = TrainConfig(epochs=epochs, batch_size=BATCH, optimizer="adam", lr=1e-3, patience=None)
+    data = TaskData(split(per_epoch * batch), split(512), split(512))
+    config = TrainConfig(epochs=epochs, batch_size=batch, optimizer="adam", lr=1e-3, patience=None)
     identity = {"name": "signal-cost", "n_tasks": n_tasks, "steps": steps, "epochs": epochs, "seed": seed,
                 "layout": layout, "scale": scale}
     return TrainedProblem(tasks, "synthetic", identity, data, factory, config)
