@@ -308,6 +308,22 @@ def test_forward_parts_gives_each_task_its_own_cotangent(sharing):
         torch.testing.assert_close(view, parts.z[a:b])
 
 
+class KeepModel(Callback):
+    """Keeps the trained model as ``models[key]``; ``ask``: asks for the per-task gradients at every step (the
+    trainer then updates with their sum); ``wants``: announces that it will."""
+
+    def __init__(self, models: dict, key, ask: bool, wants: bool = True) -> None:
+        self.models, self.key, self.ask = models, key, ask
+        self.wants_task_gradients = wants
+
+    def on_train_start(self, group, model, optimizer):
+        self.models[self.key] = model
+
+    def before_step(self, ctx):
+        if self.ask:
+            ctx.task_gradients()
+
+
 @pytest.mark.parametrize("batch_norm", [True, False], ids=["batch_norm", "row_wise"])
 @pytest.mark.parametrize("wants", [True, False])
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
@@ -316,22 +332,8 @@ def test_training_with_task_gradients_matches_plain_training(layout, optimizer, 
     """The update from the summed per-task gradients equals the plain backward's (no extra pass, same weights)."""
     problem = tiny_problem(layout, optimizer, epochs=3, batch_norm=batch_norm)
     models = {}
-
-    class Keep(Callback):
-        wants_task_gradients = wants
-
-        def __init__(self, ask):
-            self.ask = ask
-
-        def on_train_start(self, group, model, optimizer):
-            models[self.ask] = model
-
-        def before_step(self, ctx):
-            if self.ask:
-                ctx.task_gradients()
-
-    plain = problem.train(TASKS3, seed=3, callbacks=[Keep(False)])
-    asked = problem.train(TASKS3, seed=3, callbacks=[Keep(True)])
+    plain = problem.train(TASKS3, seed=3, callbacks=[KeepModel(models, False, ask=False, wants=wants)])
+    asked = problem.train(TASKS3, seed=3, callbacks=[KeepModel(models, True, ask=True, wants=wants)])
     for (k, a), (_, b) in zip(models[True].state_dict().items(), models[False].state_dict().items()):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=k)
     assert asked.val_loss == pytest.approx(plain.val_loss, rel=1e-9)
@@ -799,22 +801,10 @@ def test_observing_a_training_with_dropout_leaves_its_trajectory(observer, layou
               "transfer_gain[sample=true]": lambda: TransferGainCallback(TASKS3, sample=True, seed=1),
               "tag (naive loop)": lambda: NaiveTagCallback(TASKS3)}
     models = {}
-
-    class Keep(Callback):
-        wants_task_gradients = True
-
-        def __init__(self, key):
-            self.key = key
-
-        def on_train_start(self, group, model, optimizer):
-            models[self.key] = model
-
-        def before_step(self, ctx):
-            ctx.task_gradients()  # the same update arithmetic (summed per-task gradients) as the observed run
-
-    problem.train(TASKS3, seed=3, callbacks=[Keep("plain")])
+    # both ask for the per-task gradients: the same update arithmetic (their sum) in both trainings
+    problem.train(TASKS3, seed=3, callbacks=[KeepModel(models, "plain", ask=True)])
     observer_cb = makers[observer]()
-    problem.train(TASKS3, seed=3, callbacks=[Keep("observed"), observer_cb])
+    problem.train(TASKS3, seed=3, callbacks=[KeepModel(models, "observed", ask=True), observer_cb])
     assert observer_cb.steps > 0
     for (k, a), (_, b) in zip(models["observed"].state_dict().items(), models["plain"].state_dict().items()):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=k)
