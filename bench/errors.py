@@ -29,3 +29,9 @@ def unknown_name(what: str, name: str, valid: Iterable[str]) -> UsageError:
     hint = f" Did you mean '{close[0]}'?" if close else ""
     listing = ", ".join(valid) if valid else "(none registered)"
     return UsageError(f"unknown {what} '{name}'.{hint} Valid {what}s: {listing}")
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """``"Type: message"`` of a caught failure, its first line, at most ``limit`` characters: what a fallback
+    records about why it was taken."""
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:limit]

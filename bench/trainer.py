@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.errors import UsageError
+from bench.errors import UsageError, one_line
 from bench.metrics import loss_fn, metric_fn, row_loss_fn
 from bench.progress import progress
 from bench.types import Group, GroupResult, Task
@@ -453,7 +453,8 @@ class _Loop:
         self._ones: torch.Tensor | None = None
         # forward_parts mirrors MTLModel.forward; a subclass with its own forward keeps its forward
         self._plain_forward = isinstance(model, MTLModel) and type(model).forward is MTLModel.forward
-        self._layers = row_wise_layers(model.encoder) if self._plain_forward else None
+        # the encoder's row-wise layers (the recording forward, the lookahead's batched encoder), or None
+        self.layers = row_wise_layers(model.encoder) if self._plain_forward else None
         self.parts: EncoderParts | None = None
         self.gradient_fallback: str | None = None
         params = list(model.parameters())
@@ -485,7 +486,7 @@ class _Loop:
         if params:
             out = torch.func.functional_call(self.model, dict(params), (batch.inputs,), strict=False)
         elif capture and self._plain_forward:
-            out, self.parts = self.model.forward_parts(batch.inputs, self._layers)
+            out, self.parts = self.model.forward_parts(batch.inputs, self.layers)
         else:
             out = self.model(batch.inputs)
         return {t: self.loss_fns[t](out[t], batch.targets[t]) for t in self.group}
@@ -525,7 +526,7 @@ class _Loop:
             except RuntimeError as exc:
                 if method == "batched":
                     raise
-                self.gradient_fallback = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+                self.gradient_fallback = one_line(exc)
         return self._loop_gradients(losses)
 
     @staticmethod
@@ -539,16 +540,20 @@ class _Loop:
             out[name] = g
         return out, unused
 
+    def _summed_gradient(self, losses: dict[str, torch.Tensor], inputs: list[torch.Tensor]) -> tuple:
+        """The gradient of the summed loss with respect to ``inputs`` (``None`` where unreached), seeded at every
+        task's loss (no graph for the sum itself); the graph is kept for the callbacks."""
+        roots = [losses[t] for t in self.group]
+        if self._ones is None or self._ones.dtype != roots[0].dtype or self._ones.device != roots[0].device:
+            self._ones = torch.ones((), dtype=roots[0].dtype, device=roots[0].device)
+        return torch.autograd.grad(roots, inputs, grad_outputs=[self._ones] * len(roots), retain_graph=True,
+                                   allow_unused=True)
+
     def _two_stage_gradients(self, losses, parts: EncoderParts) -> TaskGradients:
         group, n = self.group, len(self.group)
         shared, heads = self._shared, self._heads
-        roots = [losses[t] for t in group]
-        if self._ones is None or self._ones.dtype != roots[0].dtype or self._ones.device != roots[0].device:
-            self._ones = torch.ones((), dtype=roots[0].dtype, device=roots[0].device)
         views = [parts.head_inputs[t] for t in group]
-        # the gradient of the summed loss, seeded at every task's loss (no graph for the sum itself)
-        first = torch.autograd.grad(roots, [*views, *heads.values()], grad_outputs=[self._ones] * n,
-                                    retain_graph=True, allow_unused=True)
+        first = self._summed_gradient(losses, [*views, *heads.values()])
         z = parts.z
         cot = [g if g is not None else torch.zeros_like(v) for g, v in zip(first[:n], views)]
         if all(parts.rows[t] == (0, z.shape[0]) for t in group):
@@ -588,12 +593,8 @@ class _Loop:
         """
         group, n = self.group, len(self.group)
         heads = self._heads
-        roots = [losses[t] for t in group]
-        if self._ones is None or self._ones.dtype != roots[0].dtype or self._ones.device != roots[0].device:
-            self._ones = torch.ones((), dtype=roots[0].dtype, device=roots[0].device)
         outputs = [out for _, _, out in parts.linears]
-        values = torch.autograd.grad(roots, [*outputs, *heads.values()], grad_outputs=[self._ones] * n,
-                                     retain_graph=True, allow_unused=True)
+        values = self._summed_gradient(losses, [*outputs, *heads.values()])
 
         def by_task(rows: torch.Tensor) -> torch.Tensor:  # (N, ..., k) -> (n, rows per task, k)
             if not isinstance(segments, int):

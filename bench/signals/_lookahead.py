@@ -47,9 +47,9 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from bench.errors import Unsupported, UsageError
+from bench.errors import Unsupported, UsageError, one_line
 from bench.signals.base import SignalCallback
-from bench.trainer import MTLModel, StepContext, TaskGradients, row_wise_layers, run_row_wise, stacked_linear
+from bench.trainer import MTLModel, StepContext, TaskGradients, run_row_wise, stacked_linear
 
 
 class FlatParams:
@@ -241,17 +241,19 @@ class StackedHeads:
     different sizes) is evaluated the general way. ``None`` from :meth:`build` where the heads do not allow it.
     """
 
-    def __init__(self, model: MTLModel, group, loss_fn, row_loss_fn) -> None:
+    def __init__(self, model: MTLModel, group, loss_fn, row_loss_fn, layers) -> None:
         self.model, self.group, self.loss_fn, self.row_loss_fn = model, tuple(group), loss_fn, row_loss_fn
         self.own = dict(model.named_parameters())  # the same objects for the whole training
         self.template = model.heads[self.group[0]]
         self.names = [k for k, _ in self.template.named_parameters()]
-        self.layers = row_wise_layers(model.encoder)
+        self.layers = layers
 
     @classmethod
-    def build(cls, model: nn.Module, group, loss_fns: Mapping, row_loss_fns: Mapping) -> StackedHeads | None:
+    def build(cls, model: nn.Module, group, loss_fns: Mapping, row_loss_fns: Mapping, layers
+              ) -> StackedHeads | None:
         """``loss_fns`` / ``row_loss_fns``: every task's loss and its per-sample form
-        (:data:`bench.metrics.ROW_LOSSES`)."""
+        (:data:`bench.metrics.ROW_LOSSES`); ``layers``: the encoder's :func:`~bench.trainer.row_wise_layers` (the
+        trainer's), or ``None``."""
         if not isinstance(model, MTLModel) or type(model).forward is not MTLModel.forward:
             return None
         if any(True for _ in model.buffers()) or len({id(loss_fns[t]) for t in group}) != 1:
@@ -260,7 +262,7 @@ class StackedHeads:
         shapes = [[(k, p.shape, p.dtype) for k, p in h.named_parameters()] for h in heads]
         if len({type(h) for h in heads}) != 1 or any(s != shapes[0] for s in shapes) or not shapes[0]:
             return None
-        return cls(model, group, loss_fns[group[0]], row_loss_fns[group[0]])
+        return cls(model, group, loss_fns[group[0]], row_loss_fns[group[0]], layers)
 
     def batch(self, batch) -> tuple[torch.Tensor, torch.Tensor, bool] | None:
         """``(x, y, shared)``: the shared input ``(N, ...)`` or the stacked per-task inputs ``(n, b, ...)``, the
@@ -380,7 +382,7 @@ class Lookahead:
                 try:
                     return self._vmapped(ctx, replaced, fixed)
                 except Exception as exc:  # noqa: BLE001 -- the loop below re-raises a genuine error of the model
-                    self.fallback = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+                    self.fallback = one_line(exc)
         return lookahead_losses_loop(ctx, replaced, fixed)
 
     def member_losses(self, ctx: StepContext, replaced: Mapping[str, torch.Tensor],
@@ -406,7 +408,8 @@ class Lookahead:
         model = ctx.model
         if self._stacked is None or self._stacked[0] is not model:
             loop = ctx._trainer
-            self._stacked = (model, StackedHeads.build(model, ctx.group, loop.loss_fns, loop.row_loss_fns))
+            self._stacked = (model, StackedHeads.build(model, ctx.group, loop.loss_fns, loop.row_loss_fns,
+                                                       loop.layers))
         heads = self.stacked
         if heads is None or self.stack_fallback is not None or self.fallback is not None:
             return None
@@ -423,7 +426,7 @@ class Lookahead:
             with torch.inference_mode():
                 return evaluate(heads.parameters(fixed), encoder, x, y, shared)
         except Exception as exc:  # noqa: BLE001 -- the general path re-raises a genuine error of the model
-            self.stack_fallback = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            self.stack_fallback = one_line(exc)
             return None
 
     def _vmapped(self, ctx: StepContext, replaced: Mapping[str, torch.Tensor], fixed: dict) -> torch.Tensor:
