@@ -192,6 +192,7 @@ def variants(tasks: tuple[str, ...]) -> dict[str, Callable[[int], list[SignalCal
         "transfer_gain": lambda s: [TransferGainCallback(tasks, seed=s)],
         "transfer_gain[sample=true]": lambda s: [TransferGainCallback(tasks, sample=True, seed=s)],
         "etap": lambda s: [EtapCallback(tasks)],
+        "etap[update=optimizer]": lambda s: [EtapCallback(tasks, update="optimizer")],
         "tag (naive loop)": lambda s: [NaiveTagCallback(tasks)],
         # lazy collection (one step in 10), for scale: the targets are for every-step collection
         "tag[every=10]": lambda s: [TagCallback(tasks, every=10)],

@@ -22,7 +22,7 @@ from torch import nn
 
 from bench import registry
 from bench.dataset import TrainedProblem
-from bench.errors import Unsupported
+from bench.errors import Unsupported, UsageError
 from bench.metrics import loss_fn
 from bench.signals import _lookahead as la
 from bench.signals.base import TrainingSignal
@@ -158,6 +158,18 @@ def reference_tag(ctx) -> np.ndarray:
 
 
 def reference_etap(ctx) -> np.ndarray:
+    """ETAP's default (``update=gradient``): ``[j, i] = g_j . g_i / L_j``."""
+    shared, _ = _independent_gradients(ctx)
+    before = np.array([float(ctx.losses[t].detach()) for t in ctx.group])
+    n = len(ctx.group)
+    out = np.zeros((n, n))
+    for (i, source), (j, recipient) in itertools.product(enumerate(ctx.group), repeat=2):
+        out[j, i] = float(_flat(shared[recipient]) @ _flat(shared[source])) / before[j]
+    return out
+
+
+def reference_etap_optimizer(ctx) -> np.ndarray:
+    """``update=optimizer``: ``[j, i] = g_j . (theta - theta'_i) / (L_j lr)`` with ``theta'_i`` a real step."""
     shared, _ = _independent_gradients(ctx)
     before = np.array([float(ctx.losses[t].detach()) for t in ctx.group])
     theta = _flat(p.detach() for p in ctx.model.encoder.parameters())
@@ -201,8 +213,9 @@ def reference_transfer_gain(ctx, members=None) -> np.ndarray:
 
 
 REFERENCES = {"tag": reference_tag, "cs": reference_cs, "transfer_gain": reference_transfer_gain,
-              "etap": reference_etap}
-CALLBACKS = {"tag": TagCallback, "cs": CosineCallback, "transfer_gain": TransferGainCallback, "etap": EtapCallback}
+              "etap": reference_etap, "etap[update=optimizer]": reference_etap_optimizer}
+CALLBACKS = {"tag": TagCallback, "cs": CosineCallback, "transfer_gain": TransferGainCallback, "etap": EtapCallback,
+             "etap[update=optimizer]": lambda tasks: EtapCallback(tasks, update="optimizer")}
 
 
 class Compare(Callback):
@@ -567,7 +580,7 @@ def test_lookahead_falls_back_to_the_loop_where_vmap_cannot_run():
 @pytest.mark.parametrize("batch_norm", [True, False], ids=["batch_norm", "row_wise"])
 @pytest.mark.parametrize("layout", ["shared", "per_task"])
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-@pytest.mark.parametrize("name", SIGNALS)
+@pytest.mark.parametrize("name", list(REFERENCES))
 def test_signal_equals_slow_reference(name, optimizer, layout, batch_norm):
     """Batch norm in the encoder: the general paths (two-stage gradients, the whole model vmapped, heads one by
     one). A row-wise encoder without buffers: per-task inputs take the segment gradients, the lookahead stacks the
@@ -607,17 +620,21 @@ def test_compute_reorders_to_the_problem_and_counts_passes():
 # --------------------------------------------------------------------------------------------------- ETAP
 
 
-def test_etap_is_the_first_order_expansion_of_tag():
-    """For a small learning rate TAG's lookahead (1 - L(theta - U)/L)/lr -> g . U / (L lr), ETAP's score."""
+@pytest.mark.parametrize("update, momentum", [("optimizer", 0.9), ("gradient", 0.0)])
+def test_etap_is_the_first_order_expansion_of_tag(update, momentum):
+    """For a small learning rate TAG's lookahead (1 - L(theta - U)/L)/lr -> g . U / (L lr), ETAP's score: through
+    the optimiser's own step (SGD with momentum and weight decay) for ``update=optimizer``; for the default
+    ``update=gradient`` (``U = lr g``) when the training is plain gradient descent."""
     problem = tiny_problem("shared", "sgd")
-    problem.config = dataclasses.replace(problem.config, lr=1e-6)
+    problem.config = dataclasses.replace(problem.config, lr=1e-6, momentum=momentum,
+                                         weight_decay=problem.config.weight_decay if momentum else 0.0)
     both = []
 
     class Both(Callback):
         wants_task_gradients = True
 
         def __init__(self):
-            self.tag, self.etap = TagCallback(TASKS3), EtapCallback(TASKS3)
+            self.tag, self.etap = TagCallback(TASKS3), EtapCallback(TASKS3, update=update)
 
         def on_train_start(self, group, model, optimizer):
             self.tag.on_train_start(group, model, optimizer)
@@ -629,6 +646,25 @@ def test_etap_is_the_first_order_expansion_of_tag():
     problem.train(TASKS3, seed=0, callbacks=[Both()])
     for tag, etap in both:
         np.testing.assert_allclose(tag, etap, rtol=1e-4, atol=1e-6 * np.abs(etap).max())
+
+
+def test_etap_gradient_form_does_not_depend_on_the_optimiser():
+    """``update=gradient`` reads only the gradients and the losses: from the same start (step 0: same weights,
+    same batch) SGD and Adam trainings give the same matrix; ``update=optimizer`` does not (Adam's step is not
+    ``lr g``)."""
+    first = {}
+    for optimizer in ("sgd", "adam"):
+        for update in ("gradient", "optimizer"):
+            compare = Compare(EtapCallback(TASKS3, update=update), lambda ctx: None, steps=[0])
+            tiny_problem("shared", optimizer).train(TASKS3, seed=2, callbacks=[compare])
+            first[optimizer, update] = compare.pairs[0][1]
+    np.testing.assert_allclose(first["sgd", "gradient"], first["adam", "gradient"], rtol=1e-12)
+    assert not np.allclose(first["sgd", "optimizer"], first["adam", "optimizer"], rtol=1e-3)
+
+
+def test_etap_rejects_an_unknown_update():
+    with pytest.raises(UsageError, match="update must be one of gradient, optimizer, got 'adam'"):
+        registry.create("signal", "etap[update=adam]").compute(tiny_problem("shared", "sgd"), seed=0)
 
 
 def test_etap_asks_for_no_extra_forward():
