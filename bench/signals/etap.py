@@ -17,15 +17,14 @@ entry ``[j, i]`` the effect of ``i``'s step on ``j``). **Diagonal**: ``z[i -> i]
 - ``gradient`` (default): ``U_i = lr * g_i`` (Eq. 4 "without momentum"), so ``z[i -> j] = g_j . g_i / L_j``: the
   gradients' Gram matrix, row ``j`` divided by ``L_j``. This is what the reference scripts run: ``w_momentum =
   False`` in both the CelebA (``affinity_score_calculation.py``) and the ETTm1 (``run.py``) scripts, and the
-  ``train_step_approx`` default. It does not depend on the optimiser (the reference's Adam branch also falls back
-  to ``lr * g``: Adam keeps no momentum buffer), and it is the first-order expansion of TAG's lookahead for plain
-  gradient descent: ``(1 - L_j(theta - lr g_i) / L_j(theta)) / lr -> g_j . g_i / L_j``.
+  ``train_step_approx`` default. It does not depend on the optimiser, and it is the first-order expansion of TAG's
+  lookahead for plain gradient descent: ``(1 - L_j(theta - lr g_i) / L_j(theta)) / lr -> g_j . g_i / L_j``.
 - ``optimizer``: ``U_i = theta - theta'_i``, the step the trainer's own optimiser would take from ``g_i`` alone
   (:mod:`bench.signals._lookahead`). For SGD with momentum it is ``lr (g_i + wd theta + mu buf)``, i.e. Eq. 4's
   ``eta grad L_i - beta v`` with the PyTorch velocity convention (``v = -lr buf``; the reference's ``w_momentum =
   True`` branch, ``lr * (grad + momentum * momentum_buffer)``); for Adam it is Adam's step (our generalisation:
-  the paper assumes gradient descent "optionally with momentum", and the reference code exits on Adam). It is the
-  first-order expansion of TAG's lookahead through the same optimiser.
+  the paper assumes gradient descent "optionally with momentum", and with ``w_momentum`` on the reference code
+  exits on an Adam optimiser). It is the first-order expansion of TAG's lookahead through the same optimiser.
 
 Choices where the paper is ambiguous:
 
