@@ -2,7 +2,8 @@
 
 :func:`signal_costs` builds one problem and times, in the same run and in interleaved order (median of
 ``repeats`` rounds after a warm-up round), a plain training of all tasks and the same training observed by each
-training signal: ``tag``, ``cs``, ``transfer_gain``, ``transfer_gain[sample=true]``, ``etap``, and a naive TAG
+training signal: ``tag``, ``cs``, ``transfer_gain``, ``transfer_gain[sample=true]``, ``etap`` (and
+``etap[update=optimizer]``, its Adam-step form), and a naive TAG
 (one backward per task and one Python-level forward per lookahead, the way the reference codes do it) for scale.
 Every run trains the same steps (fixed epochs, ``patience=None``) from the same seed.
 
@@ -28,15 +29,18 @@ is the price of the per-task gradients themselves.
 **Measured** on the development machine (2 shared CPU cores, one thread, median of 7 rounds;
 ``python -m bench perf signals --out results/signals --repeats 7``), shared / per-task inputs:
 
-- ``small`` (ranges over 6 whole runs): plain 0.91-0.92 / 1.18-1.24 ms per step; ``tag`` 1.85-1.97x / 1.84-2.22x
-  (under 2x in every shared run and 5 of 6 per-task runs; the naive loop 3.8-4.1x / 4.4-4.8x);
-  ``transfer_gain[sample=true]`` 2.05-2.32x / 1.77-2.18x (below ``tag`` of the same run in every per-task run, in
-  none of the shared ones); ``etap`` 1.57-1.64x / 1.26-1.32x; ``cs`` 1.49-1.55x / 1.19-1.22x; the per-task
-  gradients alone 1.37-1.38x / 1.11x.
-- ``wide`` (2 runs): plain 4.4-4.5 / 28-29 ms per step; the per-task gradients alone 4.4-4.5x / 1.04x; ``tag``
-  7.2-7.3x / 3.6x (naive loop 7.0x / 7.6-7.7x: on shared inputs batching saves nothing once arithmetic
-  dominates); ``transfer_gain[sample=true]`` 8.9-9.1x / 2.2-2.3x; ``etap`` 5.1-5.2x / 1.15-1.17x (1.16-1.18x /
-  1.10-1.13x over the per-task-gradient step); ``cs`` 4.8x / 1.08x.
+- ``small`` (ranges over 8 whole runs): plain 0.88-0.92 / 1.11-1.24 ms per step; ``tag`` 1.84-1.97x / 1.84-2.22x
+  (under 2x in every shared run and 6 of 8 per-task runs; the naive loop 3.8-4.1x / 4.4-4.8x);
+  ``transfer_gain[sample=true]`` 2.05-2.32x / 1.77-2.18x (below ``tag`` of the same run in 7 of 8 per-task runs,
+  in none of the shared ones); ``cs`` 1.47-1.55x / 1.19-1.23x; the per-task gradients alone 1.36-1.39x /
+  1.10-1.11x. ``etap`` (2 runs, ``update=gradient``) 1.47-1.49x / 1.18-1.25x, 1.08x / 1.06-1.14x over the
+  per-task-gradient step; ``etap[update=optimizer]`` 1.57-1.61x / 1.26-1.36x (6 runs before ``update`` existed:
+  1.57-1.64x / 1.26-1.32x).
+- ``wide`` (4 runs): plain 4.2-4.5 / 28-29 ms per step; the per-task gradients alone 4.4-4.5x / 1.03-1.04x;
+  ``tag`` 7.2-7.3x / 3.6x (naive loop 7.0-7.2x / 7.4-7.7x: on shared inputs batching saves nothing once arithmetic
+  dominates); ``transfer_gain[sample=true]`` 8.9-9.4x / 2.2-2.3x; ``etap`` 4.7-5.0x / 1.08-1.09x (1.08-1.10x /
+  1.04-1.05x over the per-task-gradient step); ``etap[update=optimizer]`` 5.1-5.4x / 1.14-1.17x; ``cs`` 4.7-4.8x
+  / 1.07-1.09x.
 
 The process keeps freed memory (:mod:`bench.heap`; without it per-task TAG took 3.2-3.3x in a process that ran only
 plain training and TAG, from page faults).
@@ -51,10 +55,13 @@ forwards and take the per-task gradients as free. Both are true of an overhead-b
   (with linear heads the cotangents are rank one per sample, but the weight-gradient contraction still runs over
   the batch once per task). That is 4.5x plain on the wide model, so on shared inputs ETAP <= 1.10x (and TAG <= 2x)
   cannot hold for an arithmetic-bound model; on the small one the batched backward costs +0.4x.
-- **ETAP** then adds its virtual Adam step over the n gradients (~6 elementwise passes over ``n x D``) and an
-  ``n x n`` product: 1.10-1.18x over the per-task-gradient step at both scales, so even with free per-task
-  gradients it stays at or above 1.10x on a CPU (memory traffic on the wide model, per-operation overhead on the
-  small).
+- **ETAP** (``update=gradient``, the reference scripts' form) then adds one ``n x n`` Gram product of the
+  flattened gradients and the division by the losses: 1.04-1.14x over the per-task-gradient step (at most 1.10x
+  in 6 of the 8 cells of two runs), so with the per-task gradients given it sits at the target; against plain
+  training it meets it on per-task inputs at the wide scale
+  (1.08x), not at the small one (the ~0.07 ms of flattening, product and bookkeeping on top of the split
+  backward's +0.1x). ``update=optimizer`` adds the virtual Adam step over the n gradients (~6 elementwise passes
+  over ``n x D``): 1.10-1.24x over that step.
 - **TAG**: n = 9 lookahead parameter sets, each encoding the whole batch, as batched products without ``vmap``
   (:func:`bench.trainer.run_row_wise`); stacked heads (:class:`bench.signals._lookahead.StackedHeads`) make the
   heads and the losses one batched product and one per-sample loss. Batching removes per-call overhead, not
@@ -64,7 +71,8 @@ forwards and take the per-task gradients as free. Both are true of an overhead-b
 - **transfer gain**: ``n(n+1)/2 = 45`` parameter sets per step, ``E[T(T+1)/2] = (n+1)(n+2)/6 = 18.3`` with
   sampling, each evaluating only its members' heads and losses; the heads' virtual steps are read from the
   trainer's update (they are that update). On per-task inputs a set encodes only its members' samples
-  (``forward_batches``: 4.4 batch-equivalents per step against TAG's 9), so it runs below TAG at both scales. On
+  (``forward_batches``: 4.4 batch-equivalents per step against TAG's 9), so it runs below TAG at both scales (in 7
+  of 8 small runs). On
   shared inputs each set needs a whole-batch encoder forward, 18.3 against TAG's 9: it cannot run below TAG there.
   The paper's cost model (Section 4.3, Table 9) counts one forward per *task loss* (``n^2 + n`` for TAG), which
   holds for per-task inputs, not for a shared encoder.
