@@ -71,7 +71,8 @@ def test_signal_costs_quick_shape(tmp_path, layout):
     rows = signal_costs(quick=True, layout=layout)
     labels = [r["variant"] for r in rows]
     assert labels == ["plain", "task gradients", "tag", "cs", "transfer_gain", "transfer_gain[sample=true]", "etap",
-                      "etap[update=optimizer]", "tag (naive loop)", "tag[every=10]", "transfer_gain[sample=true,every=10]", "etap[every=10]"]
+                      "etap[update=optimizer]", "tag (naive loop)", "tag[every=10]",
+                      "transfer_gain[sample=true,every=10]", "etap[every=10]"]
     for r in rows:
         assert r["seconds"] > 0 and math.isfinite(r["ratio"]) and r["steps"] == 8
     by = {r["variant"]: r for r in rows}
