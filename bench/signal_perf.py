@@ -58,10 +58,9 @@ forwards and take the per-task gradients as free. Both are true of an overhead-b
 - **ETAP** (``update=gradient``, the reference scripts' form) then adds one ``n x n`` Gram product of the
   flattened gradients and the division by the losses: 1.04-1.14x over the per-task-gradient step (at most 1.10x
   in 6 of the 8 cells of two runs), so with the per-task gradients given it sits at the target; against plain
-  training it meets it on per-task inputs at the wide scale
-  (1.08x), not at the small one (the ~0.07 ms of flattening, product and bookkeeping on top of the split
-  backward's +0.1x). ``update=optimizer`` adds the virtual Adam step over the n gradients (~6 elementwise passes
-  over ``n x D``): 1.10-1.24x over that step.
+  training it meets it on per-task inputs at the wide scale (1.08x), not at the small one (the ~0.07 ms of
+  flattening, product and bookkeeping on top of the split backward's +0.1x). ``update=optimizer`` adds the
+  virtual Adam step over the n gradients (~6 elementwise passes over ``n x D``): 1.10-1.24x over that step.
 - **TAG**: n = 9 lookahead parameter sets, each encoding the whole batch, as batched products without ``vmap``
   (:func:`bench.trainer.run_row_wise`); stacked heads (:class:`bench.signals._lookahead.StackedHeads`) make the
   heads and the losses one batched product and one per-sample loss. Batching removes per-call overhead, not
@@ -72,8 +71,8 @@ forwards and take the per-task gradients as free. Both are true of an overhead-b
   sampling, each evaluating only its members' heads and losses; the heads' virtual steps are read from the
   trainer's update (they are that update). On per-task inputs a set encodes only its members' samples
   (``forward_batches``: 4.4 batch-equivalents per step against TAG's 9), so it runs below TAG at both scales (in 7
-  of 8 small runs). On
-  shared inputs each set needs a whole-batch encoder forward, 18.3 against TAG's 9: it cannot run below TAG there.
+  of 8 small runs). On shared inputs each set needs a whole-batch encoder forward, 18.3 against TAG's 9: it
+  cannot run below TAG there.
   The paper's cost model (Section 4.3, Table 9) counts one forward per *task loss* (``n^2 + n`` for TAG), which
   holds for per-task inputs, not for a shared encoder.
 
