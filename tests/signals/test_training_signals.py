@@ -620,14 +620,13 @@ def test_compute_reorders_to_the_problem_and_counts_passes():
 # --------------------------------------------------------------------------------------------------- ETAP
 
 
-@pytest.mark.parametrize("update, momentum", [("optimizer", 0.9), ("gradient", 0.0)])
-def test_etap_is_the_first_order_expansion_of_tag(update, momentum):
+@pytest.mark.parametrize("update, momentum, weight_decay", [("optimizer", 0.9, 1e-2), ("gradient", 0.0, 0.0)])
+def test_etap_is_the_first_order_expansion_of_tag(update, momentum, weight_decay):
     """For a small learning rate TAG's lookahead (1 - L(theta - U)/L)/lr -> g . U / (L lr), ETAP's score: through
     the optimiser's own step (SGD with momentum and weight decay) for ``update=optimizer``; for the default
     ``update=gradient`` (``U = lr g``) when the training is plain gradient descent."""
     problem = tiny_problem("shared", "sgd")
-    problem.config = dataclasses.replace(problem.config, lr=1e-6, momentum=momentum,
-                                         weight_decay=problem.config.weight_decay if momentum else 0.0)
+    problem.config = dataclasses.replace(problem.config, lr=1e-6, momentum=momentum, weight_decay=weight_decay)
     both = []
 
     class Both(Callback):
