@@ -2,10 +2,18 @@
 
 The key is the sha256 of the canonical JSON of everything that determines a result: the problem's identity
 (dataset, version, parameters, profile, training settings, data fingerprint), the group, the seed, the device
-type and the engine's version. Entries are written to a temporary file and renamed into place (atomic on POSIX),
+type and the engine's version. Entries are written to a temporary file and linked into place (atomic on POSIX),
 so a reader never sees half an entry. A per-key lock file (``fcntl.flock``) makes a second process that wants the
 same group wait for the first and then read its entry, so two runs that share a cache train each group once.
 Failures raise and are never cached. A hit keeps the originally measured ``wall_time_s`` and is marked ``cached``.
+
+**The first entry stored under a key is the key's value.** A write never replaces a valid entry: it returns the
+entry already there, and callers use what :meth:`ResultCache.put` returns, not what they computed. Group trainings
+stored without a lock (:meth:`bench.runner._Trainings.many` trains its misses together) can be computed twice by
+two concurrent runs, and a group trained alone or in a stack of another composition can differ from the same
+group's other training in its last bits (matrix products sum in another order). Keeping the first value makes
+every run that shares a cache report the same numbers for the same group. Only a damaged or foreign file under the
+key is replaced.
 """
 
 from __future__ import annotations
@@ -55,6 +63,14 @@ def result_key(identity: Mapping[str, Any], group: tuple[str, ...], seed: int, d
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
+def _is_group_result(payload: Any) -> bool:
+    try:
+        GroupResult.from_json(payload)
+    except (KeyError, TypeError, ValueError):
+        return False
+    return True
+
+
 class ResultCache:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -75,8 +91,13 @@ class ResultCache:
             return None  # valid JSON but not an entry (damaged or foreign file): recomputed and rewritten too
         return dataclasses.replace(result, cached=True)
 
-    def put(self, key: str, result: GroupResult) -> None:
-        self.write(key, dataclasses.replace(result, cached=False).to_json())
+    def put(self, key: str, result: GroupResult) -> GroupResult:
+        """Store ``result`` under ``key`` unless a valid entry is there already; return the entry now stored (ours,
+        or the earlier one, then with this ``result``'s own ``wall_time_s``: the time this caller paid), not cached."""
+        stored = self.write(key, dataclasses.replace(result, cached=False).to_json(), valid=_is_group_result)
+        if stored is None:
+            return dataclasses.replace(result, cached=False)
+        return dataclasses.replace(GroupResult.from_json(stored), cached=False, wall_time_s=result.wall_time_s)
 
     def read(self, key: str) -> Any:
         """The JSON payload stored under ``key``, or None (missing, unreadable or damaged: recomputed)."""
@@ -91,8 +112,11 @@ class ResultCache:
             return None
         return data["result"]
 
-    def write(self, key: str, payload: Any) -> None:
-        """Store a JSON payload under ``key`` atomically."""
+    def write(self, key: str, payload: Any, valid: Callable[[Any], bool] | None = None) -> Any:
+        """Store a JSON payload under ``key`` atomically unless a valid entry is there already.
+
+        Returns None when ``payload`` was stored, else the payload of the entry that was there first (which stays).
+        An existing file that :meth:`read` rejects, or whose payload ``valid`` rejects, is replaced."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         data = {"key": key, "result": payload}
@@ -102,11 +126,23 @@ class ResultCache:
                 json.dump(data, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
+            try:
+                os.link(tmp, path)  # fails if an entry exists: the first one stays
+                return None
+            except FileExistsError:
+                pass
+            except OSError:  # a file system without hard links: check, then rename (a narrow race)
+                if not path.exists():
+                    os.replace(tmp, path)
+                    return None
+            first = self.read(key)
+            if first is not None and (valid is None or valid(first)):
+                return first
+            os.replace(tmp, path)  # a damaged or foreign file
+            return None
+        finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            raise
 
     @contextlib.contextmanager
     def _lock(self, key: str) -> Iterator[None]:
@@ -130,9 +166,8 @@ class ResultCache:
                 self.hits += 1
                 return hit
             result = compute()  # an exception propagates: failures are never cached
-            self.put(key, result)
             self.misses += 1
-            return dataclasses.replace(result, cached=False)
+            return self.put(key, result)
 
     def get_or_compute_payload(self, key: str, compute: Callable[[], Any]) -> tuple[Any, bool]:
         """Like :meth:`get_or_compute` for any JSON payload (signals); returns ``(payload, was_cached)``."""
@@ -146,6 +181,6 @@ class ResultCache:
                 self.hits += 1
                 return hit, True
             payload = compute()
-            self.write(key, payload)
+            first = self.write(key, payload)
             self.misses += 1
-            return payload, False
+            return (payload if first is None else first), False

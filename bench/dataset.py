@@ -148,7 +148,8 @@ class TrainedProblem(Problem):
 
     def train_many(self, groups, seed, device="cpu", on_result=None):
         """Groups trained in stacks of equal size (:func:`bench.batched.train_groups`; same results as
-        :meth:`train` within float tolerance), or one by one where the model cannot be stacked."""
+        :meth:`train` within float tolerance; a group alone in its size exactly as :meth:`train` gives it), or one
+        by one where the model cannot be stacked."""
         from bench.batched import train_groups
 
         groups = list(dict.fromkeys(self.check_group(g) for g in groups))

@@ -11,7 +11,7 @@ from torch import nn
 
 from bench import registry
 from bench.batched import epoch_indices, stackable, train_groups
-from bench.cache import ResultCache
+from bench.cache import ResultCache, result_key
 from bench.dataset import TrainedProblem
 from bench.method import Context
 from bench.runner import _Trainings
@@ -197,3 +197,42 @@ def test_a_failure_keeps_the_finished_results_in_the_cache(tmp_path):
     with pytest.raises(KeyError):
         _Trainings(problem, ResultCache(tmp_path), "cpu").many([("t0", "t1"), ("t1", "t2"), ("t2", "t3")], 0)
     assert calls == [[("t2", "t3")]]  # only the failed group is asked for again
+
+
+def test_a_group_alone_in_its_size_is_trained_exactly_as_train_gives_it():
+    """A group's numbers do not depend on the call that trained it: alone in its size it is ``train_group``'s
+    training, to the last bit (a one-model stack's products would take other kernels), and in a stack they do not
+    depend on which other groups of its size share the stack."""
+    names, data, tasks, factory = _tabular()
+    cfg = CONFIGS["adam"]
+    pairs = [("t0", "t1"), ("t2", "t3"), ("t1", "t3"), ("t0", "t2")]
+    full = train_groups(factory, data, tasks, [*pairs, tuple(names[:3])], cfg, seed=0)
+    alone = train_group(factory, data, tasks, tuple(names[:3]), cfg, seed=0)
+    assert replace(full[tuple(names[:3])], wall_time_s=0.0) == replace(alone, wall_time_s=0.0)
+    fewer = train_groups(factory, data, tasks, pairs[1:3], cfg, seed=0)
+    for group in pairs[1:3]:
+        assert replace(fewer[group], wall_time_s=0.0) == replace(full[group], wall_time_s=0.0)
+
+
+def test_runner_uses_the_entry_a_concurrent_run_stored_first(tmp_path, monkeypatch):
+    """Two runs sharing a cache may both train a group (misses are trained together, without a lock); the entry
+    stored first stays and both report its numbers, with their own training time."""
+    problem = _problem()
+    cache = ResultCache(tmp_path)
+    trainings = _Trainings(problem, cache, "cpu")
+    group = ("t0", "t1")
+    ours = problem.train(group, seed=0)
+    theirs = replace(ours, val={t: v + 1.0 for t, v in ours.val.items()}, test={t: 7.0 for t in group},
+                     wall_time_s=123.0)
+    real_train_many = problem.train_many
+
+    def racing(groups, seed, device, on_result=None):  # the other run stores its entry while we train
+        cache.put(result_key(problem.identity, group, seed, device), theirs)
+        return real_train_many(groups, seed, device, on_result)
+
+    monkeypatch.setattr(problem, "train_many", racing)
+    got = trainings.many([group, ("t2", "t3")], 0)
+    assert got[group].test == theirs.test and got[group].val == theirs.val
+    assert got[group].wall_time_s != 123.0 and not got[group].cached
+    assert cache.get(result_key(problem.identity, group, 0, "cpu")).test == theirs.test
+    assert got[("t2", "t3")].test == cache.get(result_key(problem.identity, ("t2", "t3"), 0, "cpu")).test

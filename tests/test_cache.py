@@ -219,3 +219,24 @@ def test_two_processes_compute_once(tmp_path):
     assert sorted(r.cached for r in results) == [False, True]  # one computed, the other waited and read it
     a, b = (dataclasses.replace(r, cached=False) for r in results)
     assert a == b == _result(wall=0.5)
+
+
+def test_the_first_entry_stays(tmp_path):
+    """A write never replaces a valid entry: ``put`` returns the entry already stored (with the caller's own
+    training time), ``write`` its payload; a damaged file is replaced."""
+    cache = ResultCache(tmp_path)
+    key = result_key(IDENTITY, ("a", "b"), 0, "cpu")
+    first = cache.put(key, _result(wall=1.0))
+    assert first == _result(wall=1.0)
+    second = cache.put(key, _result(wall=2.0, offset=5.0))
+    assert second.test == _result().test and second.wall_time_s == 2.0 and not second.cached
+    assert cache.get(key).test == _result().test and cache.get(key).wall_time_s == 1.0
+    other = result_key(IDENTITY, ("c",), 0, "cpu")
+    assert cache.write(other, {"x": 1}) is None and cache.write(other, {"x": 2}) == {"x": 1}
+    assert cache.read(other) == {"x": 1}
+    # a foreign payload under a result key is not a result: put replaces it
+    damaged = result_key(IDENTITY, ("d",), 0, "cpu")
+    cache.write(damaged, {"not": "a result"})
+    assert cache.put(damaged, _result(group=("d",))).test == _result(group=("d",)).test
+    assert cache.get(damaged) is not None
+    assert not [p for p in _files(tmp_path) if p.name.startswith(".tmp-")]
