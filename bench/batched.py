@@ -411,7 +411,7 @@ def _evaluate(stack: _Stack, finished: dict[Group, tuple], data: TaskData, tasks
 
 def _train_alone(factory, data, tasks, group, config, seed, device) -> GroupResult | Exception:
     """A stack of one is a plain :func:`bench.trainer.train_group` training. Stacking one model gains nothing
-    reliable (0.6x-1.3x the time of ``train_group`` on School and Landmine), and so a group's numbers do not depend
+    reliable (0.8x-1.9x the time of ``train_group`` on School and Landmine), and so a group's numbers do not depend
     on whether it was trained alone or as the only group of its size in a call: a one-model stack's products take
     other kernels (matrix-vector for a one-output head) and differ from ``train_group``'s in their last bits."""
     try:
