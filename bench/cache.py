@@ -63,12 +63,12 @@ def result_key(identity: Mapping[str, Any], group: tuple[str, ...], seed: int, d
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
-def _is_group_result(payload: Any) -> bool:
+def _as_result(payload: Any) -> GroupResult | None:
+    """The group result a payload holds, or None (valid JSON but not an entry: a damaged or foreign file)."""
     try:
-        GroupResult.from_json(payload)
+        return GroupResult.from_json(payload)
     except (KeyError, TypeError, ValueError):
-        return False
-    return True
+        return None
 
 
 class ResultCache:
@@ -85,19 +85,19 @@ class ResultCache:
         data = self.read(key)
         if data is None:
             return None
-        try:
-            result = GroupResult.from_json(data)
-        except (KeyError, TypeError, ValueError):
-            return None  # valid JSON but not an entry (damaged or foreign file): recomputed and rewritten too
+        result = _as_result(data)
+        if result is None:
+            return None  # a damaged or foreign entry: recomputed and rewritten
         return dataclasses.replace(result, cached=True)
 
     def put(self, key: str, result: GroupResult) -> GroupResult:
         """Store ``result`` under ``key`` unless a valid entry is there already; return the entry now stored (ours,
         or the earlier one, then with this ``result``'s own ``wall_time_s``: the time this caller paid), not cached."""
-        stored = self.write(key, dataclasses.replace(result, cached=False).to_json(), valid=_is_group_result)
+        stored = self.write(key, dataclasses.replace(result, cached=False).to_json(),
+                            valid=lambda payload: _as_result(payload) is not None)
         if stored is None:
             return dataclasses.replace(result, cached=False)
-        return dataclasses.replace(GroupResult.from_json(stored), cached=False, wall_time_s=result.wall_time_s)
+        return dataclasses.replace(_as_result(stored), cached=False, wall_time_s=result.wall_time_s)
 
     def read(self, key: str) -> Any:
         """The JSON payload stored under ``key``, or None (missing, unreadable or damaged: recomputed)."""
