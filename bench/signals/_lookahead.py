@@ -32,10 +32,16 @@ back to a Python loop over the ``P`` sets (one ``functional_call`` each, again w
 of the training, and ``Lookahead.fallback`` records why (the signals put it in ``Affinity.info``).
 :func:`lookahead_losses_loop` is that loop; the tests use it as the slow reference.
 
+**Random layers: one draw for every set.** The loop evaluates each set from the same random state, so every set
+sees the same dropout masks (common random numbers: the sets' losses differ by their parameters alone). The
+``vmap`` draws the same way (``randomness="same"``: each random operation draws once, with the shape of one set,
+from the same state; equal to the loop's masks). A model with an active dropout layer (:func:`draws_random`) is
+not stacked (below), where masks would follow the stacked shapes.
+
 Where the heads allow it (:class:`StackedHeads`: heads of one type and shape, one loss function, no buffers) the
 evaluation is faster and equal: the heads and losses run as one task-axis ``vmap`` (an ``nn.Linear`` head as one
 batched product), a row-wise encoder (:func:`bench.trainer.row_wise_layers`) runs as batched products over the
-parameter sets without ``vmap`` (a dropout layer then draws its own mask for every set, as the loop does), and
+parameter sets without ``vmap``, and
 :meth:`Lookahead.member_losses` evaluates only chosen tasks per set (transfer gain's pairs), on per-task inputs
 from only their samples. ``info["lookahead_heads"]`` says which evaluation ran.
 """
@@ -222,6 +228,12 @@ def lookahead_losses_loop(ctx: StepContext, replaced: Mapping[str, torch.Tensor]
     return torch.stack(out)
 
 
+def draws_random(model: nn.Module) -> bool:
+    """Whether ``model`` holds a dropout layer (any ``torch.nn`` dropout module) with ``p > 0``: its train-mode
+    forward draws random numbers. Random operations a custom ``forward`` calls directly are not seen here."""
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules())
+
+
 BATCHED_ROWS = 8192
 """At most this many rows (over all parameter sets) per batched call of a row-wise encoder in
 :meth:`StackedHeads.encode`; more sets run in chunks. Measured on the development CPU (one thread, the cost
@@ -238,7 +250,9 @@ class StackedHeads:
     outputs and losses are one ``vmap`` over a task axis (of ``functional_call`` of the first head with the
     stacked parameters) instead of n head calls and n loss calls: the per-operation cost of a vmapped call then
     no longer grows with n. A step whose batch does not stack (targets of different shapes; per-task inputs of
-    different sizes) is evaluated the general way. ``None`` from :meth:`build` where the heads do not allow it.
+    different sizes) is evaluated the general way. ``None`` from :meth:`build` where the heads do not allow it, and
+    for a model with an active dropout layer (:func:`draws_random`): stacked encoders and per-set rows would draw
+    masks of the stacked shapes, not one mask for every set as the loop does.
     """
 
     def __init__(self, model: MTLModel, group, loss_fn, row_loss_fn, layers) -> None:
@@ -256,7 +270,7 @@ class StackedHeads:
         trainer's), or ``None``."""
         if not isinstance(model, MTLModel) or type(model).forward is not MTLModel.forward:
             return None
-        if any(True for _ in model.buffers()) or len({id(loss_fns[t]) for t in group}) != 1:
+        if any(True for _ in model.buffers()) or len({id(loss_fns[t]) for t in group}) != 1 or draws_random(model):
             return None
         heads = [model.heads[t] for t in group]
         shapes = [[(k, p.shape, p.dtype) for k, p in h.named_parameters()] for h in heads]
@@ -449,7 +463,7 @@ class Lookahead:
 
         loop.set_mode(True)
         with torch.inference_mode():
-            return torch.func.vmap(one, in_dims=(0, None), randomness="error")(batched, fixed)
+            return torch.func.vmap(one, in_dims=(0, None), randomness="same")(batched, fixed)
 
 
 class GradientCallback(SignalCallback):
@@ -509,5 +523,5 @@ class GradientCallback(SignalCallback):
         return out
 
 
-__all__ = ["FlatParams", "GradientCallback", "Lookahead", "lookahead_losses_loop", "virtual_parameters",
-           "virtual_update"]
+__all__ = ["FlatParams", "GradientCallback", "Lookahead", "draws_random", "lookahead_losses_loop",
+           "virtual_parameters", "virtual_update"]

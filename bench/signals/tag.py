@@ -20,7 +20,11 @@ Choices where the paper and the reference code leave room:
 - *heads unchanged*; only the encoder moves (``heads`` are task-specific).
 - *same batch, train mode*: the losses are re-evaluated on the step's batch with batch statistics in batch-norm
   layers (TAG's ``training=True`` lookahead); running statistics are not updated by the lookahead.
-- ``L_i(theta)`` is the step's own forward (``ctx.losses``), ``lr`` the optimiser's current learning rate.
+- ``L_i(theta)`` is the step's own forward (``ctx.losses``), ``lr`` the optimiser's current learning rate. In a
+  model with an active dropout layer (:func:`~bench.signals._lookahead.draws_random`) the step's forward drew
+  other masks than the lookahead, and the ratio would mix mask noise into ``Z``; there ``L_i(theta)`` is evaluated
+  as one more lookahead set (``theta`` itself), under the lookahead's masks (``n + 1`` extra forwards). TAG's
+  models have no dropout, so the reference never meets the case.
 - *averaging*: a plain mean over the observed steps of the whole training (TAG averages per epoch and then over
   epochs, and drops the 10 epochs after its early-stopping point; with equal-sized epochs the plain mean is the
   same average, and the harness's early stopping restores weights instead of dropping epochs).
@@ -32,19 +36,28 @@ and n lookahead forwards, evaluated in one ``vmap`` call (counted as ``n`` extra
 
 from __future__ import annotations
 
-from bench.signals._lookahead import GradientCallback, virtual_parameters
+import torch
+
+from bench.signals._lookahead import GradientCallback, draws_random, virtual_parameters
 from bench.signals.base import TrainingSignal
 from bench.types import make_group
 
 
 class TagCallback(GradientCallback):
+    def on_train_start(self, group, model, optimizer) -> None:
+        super().on_train_start(group, model, optimizer)
+        self.random = draws_random(model)  # the model draws dropout masks: see the module docstring
+
     def step_matrix(self, ctx):
         n = len(ctx.group)
         _, grads = self.gradients(ctx)
         ahead = virtual_parameters(ctx, self.shared, grads)  # row j: theta'_j
+        if self.random:  # theta itself as one more set: the denominators under the lookahead's masks
+            ahead = torch.cat([ahead, self.shared.values().unsqueeze(0)])
         after = self.lookahead.losses(ctx, self.shared.unflatten(ahead))  # [j, i] = L_i(theta'_j)
-        self.extra_forward += n
-        before = self.step_losses(ctx)
+        self.extra_forward += len(ahead)
+        before = after[n] if self.random else self.step_losses(ctx)
+        after = after[:n]
         return ((1.0 - after.T / before[:, None]) / ctx.lr).cpu().numpy()
 
 
@@ -52,7 +65,7 @@ class Tag(TrainingSignal):
     """TAG's lookahead inter-task affinity (see the module docstring)."""
 
     name = "tag"
-    version = "1"
+    version = "2"
     defaults = {"every": 1}
     parameters = {"every": [1, 10]}
     test_parameters = {"every": 1}

@@ -843,3 +843,64 @@ def test_observing_a_training_with_dropout_leaves_its_trajectory(observer, layou
     assert observer_cb.steps > 0
     for (k, a), (_, b) in zip(models["observed"].state_dict().items(), models["plain"].state_dict().items()):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=k)
+
+
+def _dropout_problem(layout: str, batch_norm: bool) -> TrainedProblem:
+    config = TrainConfig(epochs=2, batch_size=8, patience=None, **OPTIMIZERS["sgd"])
+    return TrainedProblem(list(_tasks(TASKS3).values()), "synthetic", {"name": f"dropout-{layout}-{batch_norm}"},
+                          tiny_data(layout), _dropout_factory(batch_norm), config)
+
+
+@pytest.mark.parametrize("batch_norm", [True, False], ids=["batch_norm", "row_wise"])
+@pytest.mark.parametrize("layout", ["shared", "per_task"])
+def test_a_lookahead_through_dropout_is_batched_with_one_mask_for_every_set(layout, batch_norm):
+    """Through dropout the vmap runs (no fallback to the loop), every set sees the loop's masks: two identical sets
+    give identical losses, and every set equals the loop."""
+    checked = []
+
+    class Check(Callback):
+        def before_step(self, ctx):
+            gen = torch.Generator().manual_seed(ctx.step)
+            replaced = {k: p.detach() + 0.1 * torch.randn(3, *p.shape, generator=gen, dtype=DT)
+                        for k, p in ctx.shared_parameters().items()}
+            replaced = {k: torch.cat([v, v[:1]]) for k, v in replaced.items()}  # set 3 repeats set 0
+            look = la.Lookahead()
+            got = look.losses(ctx, replaced)
+            assert look.fallback is None and look.stacked is None
+            assert torch.equal(got[3], got[0])
+            torch.testing.assert_close(got, la.lookahead_losses_loop(ctx, replaced), rtol=1e-10, atol=1e-12)
+            checked.append(ctx.step)
+
+    _dropout_problem(layout, batch_norm).train(TASKS3, seed=0, callbacks=[Check()])
+    assert len(checked) == 6
+
+
+@pytest.mark.parametrize("batch_norm", [True, False], ids=["batch_norm", "row_wise"])
+@pytest.mark.parametrize("layout", ["shared", "per_task"])
+def test_tag_through_dropout_takes_both_losses_under_the_same_masks(layout, batch_norm):
+    """With dropout, ``L_i(theta)`` and ``L_i(theta'_j)`` are drawn under the same masks: equal to a slow reference
+    that evaluates copies of the model (``theta`` and a real optimiser step from each task's gradient) each from
+    the same random state. With the step's own forward as the denominator the two differ by the mask noise."""
+    rows = []
+
+    class Reference(Callback):
+        def before_step(self, ctx):
+            def losses(model):
+                with torch.random.fork_rng():
+                    return _losses(model, ctx)
+
+            grads = ctx.task_gradients()
+            before = losses(copy.deepcopy(ctx.model))
+            out = np.zeros((3, 3))
+            for j, source in enumerate(ctx.group):
+                encoder = [grads[source][f"encoder.{k}"] for k, _ in ctx.model.encoder.named_parameters()]
+                out[:, j] = (1 - losses(_stepped(ctx, encoder)) / before) / ctx.lr
+            rows.append(out)
+
+    class Observed(TagCallback):
+        def after_step(self, ctx):
+            torch.testing.assert_close(self.last, rows[-1], rtol=1e-7, atol=1e-9)
+
+    cb = Observed(TASKS3)
+    _dropout_problem(layout, batch_norm).train(TASKS3, seed=0, callbacks=[Reference(), cb])
+    assert cb.steps == 6 and cb.random and cb.extra_forward == 6 * 4
