@@ -27,6 +27,16 @@ from bench.signals.base import TrainingSignal
 from bench.types import make_group
 
 
+def cosine_matrix(rows: torch.Tensor) -> torch.Tensor:
+    """The cosines between the rows of ``rows`` (``(n, D)``); 0 against a zero row. Each row is first divided by its
+    largest magnitude, so the norms cannot underflow or overflow (float32 gradients of order 1e-20 keep their
+    cosines)."""
+    tiny = torch.finfo(rows.dtype).tiny
+    scaled = rows / rows.abs().amax(dim=1, keepdim=True).clamp_min(tiny)
+    unit = scaled / scaled.norm(dim=1, keepdim=True).clamp_min(tiny)
+    return unit @ unit.T
+
+
 class CosineCallback(GradientCallback):
     def on_train_start(self, group, model, optimizer):
         super().on_train_start(group, model, optimizer)
@@ -38,9 +48,7 @@ class CosineCallback(GradientCallback):
         n = len(ctx.group)
         grads = self.task_gradients(ctx)
         flat = torch.cat([grads.shared[k].detach().reshape(n, -1) for k in self.kept], dim=1)
-        norms = flat.norm(dim=1)
-        cos = (flat @ flat.T) / torch.outer(norms, norms).clamp_min(torch.finfo(flat.dtype).tiny)
-        out = cos.cpu().numpy().astype(np.float64)
+        out = cosine_matrix(flat).cpu().numpy().astype(np.float64)
         np.fill_diagonal(out, 1.0)
         return out
 

@@ -904,3 +904,14 @@ def test_tag_through_dropout_takes_both_losses_under_the_same_masks(layout, batc
     cb = Observed(TASKS3)
     _dropout_problem(layout, batch_norm).train(TASKS3, seed=0, callbacks=[Reference(), cb])
     assert cb.steps == 6 and cb.random and cb.extra_forward == 6 * 4
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-20, 1e20])
+def test_cosines_of_tiny_and_huge_float32_gradients(scale):
+    """The cosine does not depend on the gradients' scale, down to float32 gradients of order 1e-20 (whose norms'
+    product underflows) and up to 1e20 (whose squares overflow); a zero row has cosine 0."""
+    from bench.signals.cs import cosine_matrix
+
+    rows = torch.tensor([[3.0, 4.0, 0.0], [4.0, 3.0, 0.0], [0.0, 0.0, 2.0], [0.0, 0.0, 0.0]])
+    want = torch.tensor([[1.0, 0.96, 0.0, 0.0], [0.96, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    torch.testing.assert_close(cosine_matrix(rows * scale), want, rtol=1e-6, atol=1e-7)
