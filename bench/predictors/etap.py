@@ -13,19 +13,21 @@ one-dimensional regression. The paper calls it "a non-linear transformation that
 MTL gains" with no per-task index, and the authors' ``Baseline_Prediction.py`` flattens the member entries of all
 groups into one vector before the ``SplineTransformer(include_bias=True) + Ridge`` pipeline; followed here.
 
-Hyper-parameters (Section 4 / Appendix B.2): spline degree in ``2..6``, number of knots "up to
-``sqrt(|G_train|)``" and ``alpha in [0.001, 1]``, chosen by cross-validated MSE on the training groups only. The
-alpha grid is the authors' (``0.001 .. 0.005, 0.01 .. 0.1, 0.2 .. 1``, 25 values); the knots run over
-``2 .. max(2, floor(sqrt(m)))`` with ``m`` the number of member entries (the code takes the square root of the
-flattened sample count, the paper writes ``|G_train|``; the entry count is used, the larger of the two). The code
-extends the knot grid by ``+10``; the paper's bound is kept. Folds: ``stage1_folds`` (10, the code's ``cv=10``)
-folds **of groups** (all entries of a group in one fold, so a fold's score is on unseen groups, as "cross-validation
-over training groups" says; the code's unshuffled ``KFold`` over entries mostly keeps groups together too),
-shuffled under the fit's seed, reduced to the number of groups when fewer. The search solves each ridge in closed
-form over the whole alpha grid (the same solution as ``sklearn.linear_model.Ridge``'s; the tests check the choice
-against ``GridSearchCV``); the chosen pipeline is then refit on all entries with scikit-learn. The affine
-pre-calibration of the code (rescaling ``z`` by the correlation before the spline) is left out: uniform knots over the
-data range make the spline basis invariant to it.
+Hyper-parameters (Section 4 / Appendix B.2): spline degree in ``2..6``, number of knots "up to ``sqrt(|G_train|)``"
+and ``alpha in [0.001, 1]``, chosen by cross-validated MSE on the training groups only. The alpha grid is the
+authors' (``0.001 .. 0.005, 0.01 .. 0.1, 0.2 .. 1``, 24 values); the knots run over ``2 .. max(2, floor(sqrt(m)))``
+with ``m`` the number of member entries. The paper bounds the knots by ``sqrt(|G_train|)``, the number of training
+groups (with 5 groups that leaves only 2 knots); the authors' code takes the square root of the flattened sample
+count, the member entries, and searches up to 9 more (``range(2, sqrt + 10)``). Choice made here: the code's bound
+without its extension (20 random groups of 9 tasks hold about 100 member entries: up to 10 knots, where the paper's
+bound allows 4). Folds: ``stage1_folds`` (10, the code's ``cv=10``) folds **of groups** (all entries of a group in
+one fold, so a fold's score is on unseen groups, as "cross-validation over training groups" says; the code's
+unshuffled ``KFold`` over entries mostly keeps groups together too), shuffled under the fit's seed, reduced to the
+number of groups when fewer. The search solves each ridge in closed form over the whole alpha grid (the same
+solution as ``sklearn.linear_model.Ridge``'s; the tests check the choice against ``GridSearchCV``); the chosen
+pipeline is then refit on all entries with scikit-learn. The affine pre-calibration of the code (rescaling ``z`` by
+the correlation before the spline) is left out: uniform knots over the data range make the spline basis invariant to
+it.
 
 Stage 2, residual correction (Section 3.2.2, Eq. 10-12). With ``u_G in {0,1}^n`` the multi-hot membership and
 ``e_{G,t} = y_{G,t} - y_aff_{G,t}`` for members (stage 1 refit on all training entries, in-sample, as the code)
@@ -62,7 +64,7 @@ from bench.types import Group, make_group
 STAGE1_DEGREES = (2, 3, 4, 5, 6)
 STAGE1_ALPHAS = (0.001, 0.002, 0.003, 0.004, 0.005, *(i / 100 for i in range(1, 11)),
                  0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-"""The authors' ridge grid of ``Baseline_Prediction.py::evaluate_BSpline_Ridge`` (25 values in [0.001, 1])."""
+"""The authors' ridge grid of ``Baseline_Prediction.py::evaluate_BSpline_Ridge`` (24 values in [0.001, 1])."""
 STAGE2_ALPHAS = tuple(float(a) for a in np.logspace(-6, 2, 20))
 
 

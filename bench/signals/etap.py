@@ -20,11 +20,12 @@ entry ``[j, i]`` the effect of ``i``'s step on ``j``). **Diagonal**: ``z[i -> i]
   ``train_step_approx`` default. It does not depend on the optimiser, and it is the first-order expansion of TAG's
   lookahead for plain gradient descent: ``(1 - L_j(theta - lr g_i) / L_j(theta)) / lr -> g_j . g_i / L_j``.
 - ``optimizer``: ``U_i = theta - theta'_i``, the step the trainer's own optimiser would take from ``g_i`` alone
-  (:mod:`bench.signals._lookahead`). For SGD with momentum it is ``lr (g_i + wd theta + mu buf)``, i.e. Eq. 4's
-  ``eta grad L_i - beta v`` with the PyTorch velocity convention (``v = -lr buf``; the reference's ``w_momentum =
-  True`` branch, ``lr * (grad + momentum * momentum_buffer)``); for Adam it is Adam's step (our generalisation:
-  the paper assumes gradient descent "optionally with momentum", and with ``w_momentum`` on the reference code
-  exits on an Adam optimiser). It is the first-order expansion of TAG's lookahead through the same optimiser.
+  (:mod:`bench.signals._lookahead`). For SGD with momentum it is ``lr (g_i + wd theta + mu buf)``, i.e. Eq. 5's
+  bracket ``eta grad L_i - beta v`` (``-Delta theta`` of Eq. 4) with the PyTorch velocity convention (``v = -lr
+  buf``; the reference's ``w_momentum = True`` branch, ``lr * (grad + momentum * momentum_buffer)``); for Adam it
+  is Adam's step (our generalisation: the paper assumes gradient descent "optionally with momentum", and with
+  ``w_momentum`` on the reference code exits on an Adam optimiser). It is the first-order expansion of TAG's
+  lookahead through the same optimiser.
 
 Choices where the paper is ambiguous:
 

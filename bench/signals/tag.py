@@ -25,9 +25,11 @@ Choices where the paper and the reference code leave room:
   other masks than the lookahead, and the ratio would mix mask noise into ``Z``; there ``L_i(theta)`` is evaluated
   as one more lookahead set (``theta`` itself), under the lookahead's masks (``n + 1`` extra forwards). TAG's
   models have no dropout, so the reference never meets the case.
-- *averaging*: a plain mean over the observed steps of the whole training (TAG averages per epoch and then over
-  epochs, and drops the 10 epochs after its early-stopping point; with equal-sized epochs the plain mean is the
-  same average, and the harness's early stopping restores weights instead of dropping epochs).
+- *averaging*: a plain mean over the observed steps of the whole training, the epochs that early stopping waits
+  through after the best one included (``patience``, 5 by default). TAG's code averages per epoch, then over
+  epochs, and drops the last 10 epochs (its patience) when early stopping fires. The plain mean is the same
+  average when every epoch has the same number of observed steps (``every`` dividing the steps per epoch); the
+  kept epochs are a choice made here: the signal describes the whole training it observed.
 - ``every``: one step in ``every`` is observed (the Taskonomy patch used 10; CelebA 1).
 
 Cost per observed step: n per-task gradients (one batched backward, counted as ``n - 1`` extra backward passes)

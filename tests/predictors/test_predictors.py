@@ -665,3 +665,19 @@ def test_recovers_a_planted_pairwise_structure(name, budget, params, floor):
     world = World(n=7, seed=13, noise=0.01)
     predictor, training = _fit(name, world, budget=budget, seed=1, **params)
     assert _held_out_correlation(predictor, world, training) > floor
+
+
+def test_etap_search_grids_are_the_references():
+    """The stage-1 grid of the authors' ``Baseline_Prediction.py`` (degrees 2-6, 24 alphas in [0.001, 1], 10 folds),
+    the stage-2 grid of ``Residual_Prediction.py`` (``logspace(-6, 2, 20)``, 5 folds), and the knot bound of the
+    module docstring (``2 .. floor(sqrt(member entries))``)."""
+    from bench.predictors import etap
+
+    assert etap.STAGE1_DEGREES == (2, 3, 4, 5, 6)
+    assert etap.STAGE1_ALPHAS == pytest.approx([0.001, 0.002, 0.003, 0.004, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05,
+                                                0.06, 0.07, 0.08, 0.09, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
+                                                1.0], rel=1e-12)
+    assert etap.STAGE2_ALPHAS == pytest.approx(np.logspace(-6, 2, 20).tolist(), rel=1e-12)
+    assert etap.Etap.defaults["stage1_folds"] == 10 and etap.Etap.defaults["stage2_folds"] == 5
+    assert etap.knot_grid(3) == (2,) and etap.knot_grid(100) == tuple(range(2, 11))
+    assert etap.knot_grid(99) == tuple(range(2, 10))
