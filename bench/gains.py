@@ -39,6 +39,15 @@ def task_gain(task: Task, value: float, stl_value: float) -> float:
     return float(diff / abs(stl_value))
 
 
+def task_improvement(task: Task, value: float, stl_value: float) -> float:
+    """The absolute form of :func:`task_gain`: ``m_S - m_G`` (lower-is-better) or ``m_G - m_S``, in the metric's
+    own units (``kind == "gain"``: ``m_G - m_S``, as :func:`task_gain`). Summed over a partition's tasks it is the
+    fall of the partition's total metric against the single-task models."""
+    if task.kind == "gain":
+        return float(value - stl_value)
+    return float(value - stl_value if task.higher_is_better else stl_value - value)
+
+
 def observe(result: GroupResult, stl: Mapping[str, GroupResult], tasks: Sequence[Task],
             split: str = "val") -> Observation:
     """The gains of ``result``'s members against their single-task results ``stl[task]`` on ``split``."""
