@@ -36,21 +36,22 @@ Choices where the paper leaves room:
 - Data (Section 3.1): input features use each task's **train + test** inputs (flattened to vectors); label
   features use the **train** labels only (to avoid leakage); the validation split is not used. ``|D_t|`` counts
   train + test samples, the data the input features describe.
-- The O(N^2) statistics (``d_t``, ``d_ij``, energy distance, rank divergence, KNN cross-link, PCA) use a seeded
-  subsample of at most ``max_samples`` samples per task (the paper: "estimated from a random subset"); sizes,
-  means and the cosine similarity use every sample (the mean pairwise cosine equals the inner product of the mean
-  unit vectors, so it is exact in O(N)).
+- The mean distances (``d_t``, ``d_ij`` and the features made of them: the normalised distances and the energy
+  distance), O(N^2) in the samples, use a seeded subsample of at most ``max_samples`` samples per task (the paper:
+  ``d_t`` "estimated from a random subset"). Every other feature uses every sample: sizes and means, the cosine
+  similarity (the mean pairwise cosine equals the inner product of the mean unit vectors, so it is exact in O(N)),
+  the principal components (O(N p^2)), the ranks (O(N log N)) and the KNN graph (a tree search).
 - Distances are V-statistics (the mean over all ``N^2`` ordered pairs, self-pairs included): the standard
   energy-distance estimator, which is never negative and equals ``scipy.stats.energy_distance ** 2`` in one
   dimension.
 - ``cosine_sim`` is Eq. 10 (the mean over sample pairs); a zero input vector counts as cosine 0.
-- ``pca_align``: the top ``k = min(pca_components, p, smallest subsample)`` principal components of each task
-  (``sklearn.decomposition.PCA`` on the task's centred subsample), the ``l``-th of one task against the ``l``-th
+- ``pca_align``: the top ``k = min(pca_components, p, smallest task)`` principal components of each task
+  (``sklearn.decomposition.PCA`` on the task's centred samples), the ``l``-th of one task against the ``l``-th
   of the other.
 - ``rank_div``: ranks of the pooled values of both tasks per input feature (``scipy.stats.rankdata``, ties get
   their average rank), unnormalised as in Eq. 12 (it grows with the pooled sample size).
 - ``cross_link``: directed ``k``-nearest-neighbour graph (``sklearn.neighbors.NearestNeighbors``, Euclidean, a
-  point is not its own neighbour) on the union of the two subsamples; ``k`` is capped by the union size minus 1.
+  point is not its own neighbour) on the union of the two tasks' samples; ``k`` is capped by the union size minus 1.
 - A ratio with a zero denominator (a task whose samples are all identical) is 0.
 - Tasks whose inputs differ in dimension have no common feature space: the signal raises ``Unsupported``.
 - Problems with one shared input tensor give identical input distributions for every task, so every input feature
@@ -146,7 +147,7 @@ def pair_features(full: list[np.ndarray], samples: list[np.ndarray], k: int, pca
                   ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Every Section 3.1 feature (``[recipient, source]``) and the single-task statistics, from flattened inputs.
 
-    ``full[t]``: all of task ``t``'s inputs; ``samples[t]``: its subsample for the O(N^2) statistics.
+    ``full[t]``: all of task ``t``'s inputs; ``samples[t]``: its subsample for the mean distances.
     """
     n = len(full)
     size = np.array([x.shape[0] for x in full], dtype=np.float64)
@@ -161,8 +162,8 @@ def pair_features(full: list[np.ndarray], samples: list[np.ndarray], k: int, pca
     link = np.full((n, n), 0.5)
     for i in range(n):
         for j in range(i + 1, n):
-            rank[i, j] = rank[j, i] = rank_divergence(samples[i], samples[j])
-            link[i, j] = link[j, i] = cross_link(samples[i], samples[j], k)
+            rank[i, j] = rank[j, i] = rank_divergence(full[i], full[j])
+            link[i, j] = link[j, i] = cross_link(full[i], full[j], k)
     features = {
         "data_size": total,
         "data_ratio": size[:, None] / total,
@@ -175,7 +176,7 @@ def pair_features(full: list[np.ndarray], samples: list[np.ndarray], k: int, pca
         "energy_distance": 2.0 * cross - di - dj,
         "feature_mean_gap": np.linalg.norm(means[:, None, :] - means[None, :, :], axis=2),
         "cosine_sim": cosine_similarity(full),
-        "pca_align": pca_alignment(samples, pca_components),
+        "pca_align": pca_alignment(full, pca_components),
         "rank_div": rank,
         "cross_link": link,
     }
@@ -186,7 +187,7 @@ class Divergence(Signal):
     """Data-divergence task-relation features (tabular-divergence-features Section 3.1); see the module docstring."""
 
     name = "divergence"
-    version = "1"
+    version = "2"
     during_training = False
     defaults = {"max_samples": 256, "k": 5, "pca_components": 5}
     parameters = {"max_samples": [128, 256, 1024], "k": [5, 10]}

@@ -295,6 +295,12 @@ def test_divergence_subsample_is_capped_and_seeded():
     other = Divergence(max_samples=20).compute(problem, seed=2)
     np.testing.assert_array_equal(first.features["cross_distance"], again.features["cross_distance"])
     assert not np.array_equal(first.features["cross_distance"], other.features["cross_distance"])
+    # only the mean distances are estimated from the subsample; the ranks, components and KNN graph see every
+    # sample (the features of max_samples=1000, above every task's size)
+    whole = Divergence(max_samples=1000).compute(problem, seed=1)
+    for name in ("rank_div", "pca_align", "cross_link", "cosine_sim", "feature_mean_gap", "data_size"):
+        np.testing.assert_allclose(first.features[name], whole.features[name], rtol=1e-12, atol=1e-12, err_msg=name)
+    assert not np.allclose(first.features["cross_distance"], whole.features["cross_distance"])
 
 
 def test_divergence_separates_clusters_that_differ_in_input_distribution():
