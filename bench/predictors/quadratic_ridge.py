@@ -10,8 +10,9 @@ gives two rows (one per direction). Model (Eq. 14)::
     omega = argmin sum_{(i, j)} (gain_{t_i -> t_j} - omega^T Phi(phi_{i,j}))^2 + lambda ||omega||^2
     Phi = PolynomialFeatures(degree) o StandardScaler
 
-(``degree = 2`` is the paper's default quadratic model, ``degree = 1`` its linear variant of Table 6; scikit-learn
-``Ridge`` with an unpenalised intercept). A group's prediction is Eq. 15, the HOA/TAG aggregation::
+(``degree = 2`` is the paper's default quadratic model; scikit-learn ``Ridge`` with an unpenalised intercept).
+Table 6's linear variant is "a standard linear regression model" (Appendix A.3): ``degree=1, ridge=false``, least
+squares without a penalty (``sklearn.linear_model.LinearRegression``; no ``lambda`` to choose). A group's prediction is Eq. 15, the HOA/TAG aggregation::
 
     gain_hat(t_i, G) = 1/(|G|-1) * sum_{t_j in G \\ {t_i}} gain_hat_{t_j -> t_i}
 
@@ -58,10 +59,10 @@ class QuadraticRidge(Predictor):
     other members for groups (Eq. 15)."""
 
     name = "quadratic_ridge"
-    version = "1"
+    version = "2"
     requires = ("affinity",)
     signal = "divergence"
-    defaults = {"fraction": 0.25, "degree": 2, "folds": 5, "inputs": (), "measured_pairs": False}
+    defaults = {"fraction": 0.25, "degree": 2, "folds": 5, "inputs": (), "measured_pairs": False, "ridge": True}
     parameters = {"degree": [1, 2]}
     test_parameters = {"fraction": 0.5, "folds": 3}
 
@@ -95,13 +96,13 @@ class QuadraticRidge(Predictor):
         return names, np.stack([available[k] for k in names], axis=-1)  # [recipient, source, feature]
 
     def _pipeline(self, alpha: float):
-        from sklearn.linear_model import Ridge
+        from sklearn.linear_model import LinearRegression, Ridge
         from sklearn.pipeline import Pipeline
         from sklearn.preprocessing import PolynomialFeatures, StandardScaler
 
         return Pipeline([("scale", StandardScaler()),
                          ("poly", PolynomialFeatures(degree=self.degree, include_bias=False)),
-                         ("ridge", Ridge(alpha=alpha))])
+                         ("ridge", Ridge(alpha=alpha) if self.ridge else LinearRegression())])
 
     def _fit(self, observations: list[Observation], evidence: Evidence, seed: int) -> None:
         if self.degree < 1:
@@ -123,7 +124,10 @@ class QuadraticRidge(Predictor):
         X, y, pair_of_row = np.array(rows), np.array(y), np.array(pair_of_row)
 
         folds = min(self.folds, len(pairs))
-        if folds >= 2:
+        if not self.ridge:
+            self.pair_fold_ = np.zeros(len(pairs), dtype=int)
+            self.alpha_, self.cv_mse_ = 0.0, None
+        elif folds >= 2:
             self.pair_fold_ = group_folds(len(pairs), folds, seed, "quadratic_ridge", "cv")
             self.alpha_, self.cv_mse_ = self._search_alpha(X, y, self.pair_fold_[pair_of_row], folds)
         else:

@@ -390,6 +390,20 @@ def test_quadratic_ridge_variants():
     world = World(n=6, seed=7)
     linear, _ = _fit("quadratic_ridge", world, degree=1)
     assert linear.model_.named_steps["poly"].n_output_features_ == 2
+    # Table 6's "standard linear regression": least squares on the raw pair features, no penalty
+    ols, observations = _fit("quadratic_ridge", world, degree=1, ridge=False)
+    assert ols.describe()["alpha"] == 0.0
+    names = sorted(world.features)
+    rows, y = [], []
+    for o in observations:
+        a, b = (world.tasks.index(t) for t in o.group)
+        for source, recipient in ((a, b), (b, a)):
+            rows.append([1.0] + [world.features[k][recipient, source] for k in names])
+            y.append(o.gains[world.tasks[recipient]])
+    w = np.linalg.lstsq(np.array(rows), np.array(y), rcond=None)[0]
+    i, j = (world.tasks.index(t) for t in ("t0", "t1"))
+    assert ols.predict(("t0", "t1"))["t0"] == pytest.approx(w[0] + sum(
+        w[1 + m] * world.features[k][i, j] for m, k in enumerate(names)), abs=1e-9)
     measured, observations = _fit("quadratic_ridge", world, measured_pairs=True)
     for o in observations:
         assert measured.predict(o.group) == pytest.approx(dict(o.gains))
