@@ -137,6 +137,8 @@ class Composed(Method):
 
     def collect(self, ctx: Context) -> Affinity | None:
         self.check()
+        if self.problem == "select":  # too many candidates: say so before any training
+            self._sizes(len(ctx.tasks), self.predictor is not None)
         if self.signal is None:
             return None
         return ctx.signal(registry.create("signal", self.signal))
@@ -179,14 +181,22 @@ class Composed(Method):
 
     # ------------------------------------------------------------------------------------------- candidates
 
-    def candidates(self, model: Fitted, tasks: Sequence[str]) -> list[Candidate]:
-        n = len(tasks)
+    def _sizes(self, n: int, predicted: bool) -> tuple[int, int]:
+        """The candidates' sizes ``lo .. hi`` for ``n`` tasks; :class:`Unsupported` above :data:`MAX_CANDIDATES`."""
         hi = n if self.max_size is None else min(int(self.max_size), n)
-        lo = 2 if model.predictor is None and self.singletons == "forbid" else 1
+        lo = 1 if predicted or self.singletons != "forbid" else 2
         count = sum(comb(n, s) for s in range(lo, hi + 1))
         if count > MAX_CANDIDATES:
-            raise Unsupported(f"{self.id}: network selection over {count} candidate groups of {n} tasks is too "
-                              f"many; bound them with max_size=")
+            fits = max((m for m in range(lo, hi + 1) if sum(comb(n, s) for s in range(lo, m + 1)) <= MAX_CANDIDATES),
+                       default=None)
+            bound = f"max_size={fits} or less" if fits is not None else "a smaller max_size"
+            raise Unsupported(f"{self.id}: network selection over {count} candidate groups of {n} tasks is more "
+                              f"than {MAX_CANDIDATES} (every group of {lo} to {hi} tasks is a candidate); bound "
+                              f"them with {bound} (k groups of at most that size must still cover every task)")
+        return lo, hi
+
+    def candidates(self, model: Fitted, tasks: Sequence[str]) -> list[Candidate]:
+        lo, hi = self._sizes(len(tasks), model.predictor is not None)
         if model.predictor is not None:
             groups = [make_group(c) for s in range(lo, hi + 1) for c in itertools.combinations(tasks, s)]
             return [Candidate(g, model.predictor.predict(g)) for g in groups]

@@ -124,3 +124,25 @@ def test_surrogate_runs_once_without_splits_and_per_split_as_network_selection(p
         registry.create_method("surrogate[selection=pairs]").check()
     with pytest.raises(UsageError, match="threshold must be a finite number"):
         registry.create_method("surrogate[threshold=inf]").check()
+
+
+@pytest.mark.parametrize("method, bound", [("hoa", "max_size=6 or less"), ("tag", "max_size=6 or less")])
+def test_too_many_candidates_are_refused_before_any_training(method, bound):
+    """Network selection over every group of 20 tasks (over 2^16 candidates) stops at once, naming a bound that
+    fits; no signal or training runs first (the trainer would fail)."""
+    from bench.errors import Unsupported
+    from bench.method import Context
+    from bench.types import Task, make_group
+
+    class Problem:
+        task_names = tuple(f"t{i:02d}" for i in range(20))
+        tasks = tuple(Task(t) for t in task_names)
+
+        def check_group(self, group):
+            return make_group(group)
+
+    def no_training(group, seed):
+        raise AssertionError(f"trained {group}")
+
+    with pytest.raises(Unsupported, match=f"more than 65536 .* bound them with {bound}"):
+        registry.create_method(method).collect(Context(Problem(), 0, no_training, signals=no_training))

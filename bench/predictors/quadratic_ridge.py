@@ -12,7 +12,8 @@ gives two rows (one per direction). Model (Eq. 14)::
 
 (``degree = 2`` is the paper's default quadratic model; scikit-learn ``Ridge`` with an unpenalised intercept).
 Table 6's linear variant is "a standard linear regression model" (Appendix A.3): ``degree=1, ridge=false``, least
-squares without a penalty (``sklearn.linear_model.LinearRegression``; no ``lambda`` to choose). A group's prediction is Eq. 15, the HOA/TAG aggregation::
+squares without a penalty (``sklearn.linear_model.LinearRegression``; no ``lambda`` to choose). A group's
+prediction is Eq. 15, the HOA/TAG aggregation::
 
     gain_hat(t_i, G) = 1/(|G|-1) * sum_{t_j in G \\ {t_i}} gain_hat_{t_j -> t_i}
 
