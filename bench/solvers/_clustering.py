@@ -22,8 +22,9 @@ SIZE_BOUND_SOLVERS = ("dp", "exhaustive", "local_search")
 """Solvers that honour group size bounds (named in the error of the clustering solvers, which do not)."""
 
 
-def affinity(problem: PartitionProblem, solver_id: str) -> np.ndarray:
-    """The symmetric affinity ``A = (S + S') / 2`` of the problem's matrix, with a constant diagonal.
+def affinity(problem: PartitionProblem, solver_id: str, symmetric: bool = True) -> np.ndarray:
+    """The symmetric affinity ``A = (S + S') / 2`` of the problem's matrix, with a constant diagonal
+    (``symmetric=False``: ``S`` itself, rows as they are, with the same diagonal).
 
     Symmetrising loses nothing: a :class:`~bench.solvers.base.PairwiseScore` partition's value depends on ``S``
     only through ``S + S'``. The diagonal of ``S`` is the score of a task alone (an STL value, or TAG's ``-1e6``
@@ -38,7 +39,7 @@ def affinity(problem: PartitionProblem, solver_id: str) -> np.ndarray:
         raise UsageError(f"solver '{solver_id}' needs a pairwise affinity matrix (bench group --affinity), "
                          f"not per-group scores")
     check_no_size_bounds(problem, solver_id)
-    A = (S + S.T) / 2
+    A = (S + S.T) / 2 if symmetric else np.array(S, dtype=np.float64)
     n = len(A)
     off = A[~np.eye(n, dtype=bool)]
     np.fill_diagonal(A, off.max() if off.size else 0.0)

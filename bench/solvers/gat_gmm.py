@@ -6,8 +6,11 @@ Procedure, run ``restarts`` times (the paper: 10), keeping the run with the larg
 
 1. Graph: one node per task, the complete graph with self loops; node features ``F`` = rows of the affinity
    (``f_i = A[i, :]``, paper: "each node is represented by the i-th row of the affinity matrix"), with ``A`` the
-   symmetrised affinity of :func:`bench.solvers._clustering.affinity`, min-max scaled to ``[0, 1]`` (the paper's
-   SCA affinities lie in ``[0, 1]`` by its eq. 17; the scaling makes ``lr`` independent of the matrix's units).
+   problem's matrix as it is (not symmetrised: SCA's eq. 17 normalises each row by its own largest distance, and
+   the rows keep that), its diagonal set to the largest off-diagonal entry as
+   :func:`bench.solvers._clustering.affinity` does (a diagonal may be a sentinel; SCA's is 1, its largest value),
+   min-max scaled to ``[0, 1]`` (the paper's SCA affinities lie in ``[0, 1]`` by its eq. 17; the scaling makes
+   ``lr`` independent of the matrix's units).
 2. Autoencoder: ``Z = ELU(GATConv(n -> n, 2 heads, concat)(F))`` (``n x 2n``), ``F' = GATConv(2n -> n, 1 head)(Z)``;
    MSE(F', F), Adam (``lr`` 1e-3), ``epochs`` 100 full-batch steps. The paper's table gives the second layer
    "T x 2 units"; reconstructing ``F`` (``T`` columns) needs ``T`` outputs, so it has ``n`` (its *input* is
@@ -88,7 +91,7 @@ def refine_singletons(labels: np.ndarray, Z: np.ndarray) -> np.ndarray:
 
 class GATGMM(Solver):
     name = "gat_gmm"
-    version = "1"
+    version = "2"
     problems = ("partition",)
     exact = False
     defaults = {"epochs": 100, "lr": 1e-3, "restarts": 10, "covariance_type": "spherical"}
@@ -109,7 +112,7 @@ class GATGMM(Solver):
         from sklearn.metrics import silhouette_score
         from sklearn.mixture import GaussianMixture
 
-        A = affinity(problem, self.id)
+        A = affinity(problem, self.id, symmetric=False)
         groups = trivial(problem)
         if groups is not None:
             return Raw(groups, "heuristic")

@@ -192,3 +192,21 @@ def test_exactly_k_splits_and_merges():
     x = np.array([0.0, 0.1, 5.0, 5.1, 9.0])
     labels, repairs = exactly_k([0, 1, 2, 3, 4], 3, np.abs(x[:, None] - x[None, :]))
     assert to_groups(labels, "abcde") == [["a", "b"], ["c", "d"], ["e"]] and repairs == 2
+
+
+def test_gat_node_features_are_the_rows_of_the_matrix_as_they_are(monkeypatch):
+    """SCA's eq. 17 normalises each row by its own largest distance; the GAT's node features are those rows (not the
+    symmetrised matrix), with the diagonal set to the largest off-diagonal entry."""
+    gat = importlib.import_module("bench.solvers.gat_gmm")
+    seen = []
+
+    def embed(A, epochs, lr, seed):
+        seen.append(A.copy())
+        return np.eye(len(A), 2 * len(A))
+
+    monkeypatch.setattr(gat, "embed", embed)
+    S = np.array([[1.0, 0.9, 0.1, 0.0], [0.2, 1.0, 0.3, 0.1], [0.0, 0.4, 1.0, 0.8], [0.1, 0.0, 0.5, 1.0]])
+    gat.GATGMM(restarts=1).solve(PartitionProblem(("a", "b", "c", "d"), 2, PairwiseScore(S, ("a", "b", "c", "d"))), 0)
+    want = S.copy()
+    np.fill_diagonal(want, 0.9)
+    np.testing.assert_array_equal(seen[0], want)
