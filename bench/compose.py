@@ -20,10 +20,13 @@ The phases the runner times separately:
 Grouping problems (parameter ``problem``):
 
 ``select``
-    network selection among every group up to ``max_size`` tasks: each member's utility is its predicted gain
-    (predictor) or its TAG group score ``mean_{j != i} A[i, j]`` (affinity only). Singletons: a predictor gives
-    them gain 0 (the task's own STL model); with an affinity only, ``singletons`` decides: ``forbid`` (TAG's
-    ``-1e6`` sentinel; the default), ``diagonal`` or ``zero``.
+    network selection among the candidate groups: each member's utility is its predicted gain (predictor) or its
+    TAG group score ``mean_{j != i} A[i, j]`` (affinity only). Singletons: a predictor gives them gain 0 (the
+    task's own STL model); with an affinity only, ``singletons`` decides: ``forbid`` (TAG's ``-1e6`` sentinel; the
+    default), ``diagonal`` or ``zero``. The candidates (``pool``): ``all``, every group of up to ``max_size`` tasks
+    (at most :data:`MAX_CANDIDATES`, else the method is unsupported on that problem); or ``beam``, the groups a
+    beam search grows (:func:`beam_pool`, at most ``pool_size``), the tabular-divergence paper's candidates on its
+    29- to 139-task data sets (Section 4.3.3); every group when they fit.
 ``partition``
     exactly k disjoint groups; the group score is :class:`~bench.solvers.base.PairwiseScore` of the affinity or
     of the predictor's pairwise matrix (clustering solvers need a matrix), or the sum of the predictor's member
@@ -66,6 +69,67 @@ PROBLEMS = ("select", "partition", "miqp", "miqp-partition")
 SINGLETONS = ("forbid", "diagonal", "zero")
 MAX_CANDIDATES = 1 << 16
 """Network selection enumerates candidate groups; above this many, ``max_size`` must bound them."""
+POOLS = ("all", "beam")
+
+
+def beam_pool(matrix: np.ndarray, lo: int, hi: int, size: int) -> list[tuple[int, ...]]:
+    """Candidate groups (tuples of task indices) of ``lo .. hi`` tasks grown by a beam search over a pairwise
+    ``matrix`` (``[i, j]``: effect of ``j`` on ``i``), at most ``size`` of them.
+
+    When every group of ``lo .. hi`` tasks fits in ``size``, all of them, in size then lexicographic order. Otherwise
+    (tabular-divergence-features Section 4.3.3 / Appendix A.6: "the top-scoring candidate groups are expanded by
+    adding new tasks, scored using predicted gains, and pruned to retain only the best candidates"):
+
+    * a group's score is its members' total TAG/HOA aggregation ``sum_{i in G} mean_{j in G, j != i} M[i, j]``
+      (Eq. 15 summed over the members), ``= sum_{i != j in G} M[i, j] / (|G| - 1)``;
+    * the beam of size 2 is the ``width`` best pairs; the beam of size ``s + 1`` the ``width`` best distinct groups
+      made by adding one task to a group of the beam of size ``s``;
+    * the pool is every singleton (when ``lo`` is 1) and the beams of sizes ``max(lo, 2) .. hi``, with ``width`` =
+      what is left of ``size`` after the singletons, shared equally by those sizes (at least 1).
+
+    Choices: the beam keeps ``width`` groups at every size, so large groups (which k groups need to cover many
+    tasks) are always among the candidates; ties go to the earlier group in the order of the expansions (beam
+    order, then task index), so the pool is deterministic.
+    """
+    n = len(matrix)
+    if sum(comb(n, s) for s in range(lo, hi + 1)) <= size:
+        return [c for s in range(lo, hi + 1) for c in itertools.combinations(range(n), s)]
+    out: list[tuple[int, ...]] = [(i,) for i in range(n)] if lo <= 1 else []
+    first = max(lo, 2)
+    if first > hi:
+        return out[:size]
+    width = max(1, (size - len(out)) // (hi - first + 1))
+    sym = matrix + matrix.T
+    np.fill_diagonal(sym, 0.0)
+    a, b = np.triu_indices(n, 1)
+    sums = sym[a, b]  # sum over the ordered pairs of the group
+    keep = np.argsort(-sums, kind="stable")[:width]
+    beam = np.zeros((len(keep), n), dtype=bool)
+    beam[np.arange(len(keep)), a[keep]] = beam[np.arange(len(keep)), b[keep]] = True
+    sums = sums[keep]
+    if first == 2:
+        out += [tuple(np.flatnonzero(row)) for row in beam]
+    for s in range(3, hi + 1):
+        grown = sums[:, None] + beam.astype(np.float64) @ sym  # the sum of the group plus task t
+        grown[beam] = -np.inf
+        flat = grown.ravel()
+        rows, new_sums, seen = [], [], set()
+        for idx in np.argsort(-flat, kind="stable"):
+            if flat[idx] == -np.inf or len(rows) == width:
+                break
+            g, t = divmod(int(idx), n)
+            row = beam[g].copy()
+            row[t] = True
+            key = row.tobytes()
+            if key not in seen:
+                seen.add(key)
+                rows.append(row)
+                new_sums.append(flat[idx])
+        beam, sums = np.array(rows), np.array(new_sums)
+        if s >= first:
+            out += [tuple(np.flatnonzero(row)) for row in beam]
+    return [tuple(int(i) for i in g) for g in out]
+
 
 
 @dataclass
@@ -96,6 +160,8 @@ class Composed(Method):
         "singletons": "forbid",
         "score": "pairwise",
         "max_size": None,
+        "pool": "all",
+        "pool_size": MAX_CANDIDATES,
     }
     test_parameters: dict[str, Any] = {}
 
@@ -118,6 +184,10 @@ class Composed(Method):
             raise UsageError(f"{self.id}: problem must be one of {', '.join(PROBLEMS)}, got {self.problem!r}")
         if self.singletons not in SINGLETONS:
             raise UsageError(f"{self.id}: singletons must be one of {', '.join(SINGLETONS)}, got {self.singletons!r}")
+        if self.pool not in POOLS:
+            raise UsageError(f"{self.id}: pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
+        if not isinstance(self.pool_size, int) or self.pool_size < 1:
+            raise UsageError(f"{self.id}: pool_size must be a positive number of groups, got {self.pool_size!r}")
         if self.score not in ("pairwise", "predicted"):
             raise UsageError(f"{self.id}: score must be pairwise or predicted, got {self.score!r}")
         if self.signal is None and self.predictor is None:
@@ -182,11 +252,12 @@ class Composed(Method):
     # ------------------------------------------------------------------------------------------- candidates
 
     def _sizes(self, n: int, predicted: bool) -> tuple[int, int]:
-        """The candidates' sizes ``lo .. hi`` for ``n`` tasks; :class:`Unsupported` above :data:`MAX_CANDIDATES`."""
+        """The candidates' sizes ``lo .. hi`` for ``n`` tasks; :class:`Unsupported` above :data:`MAX_CANDIDATES` in
+        the ``all`` pool."""
         hi = n if self.max_size is None else min(int(self.max_size), n)
         lo = 1 if predicted or self.singletons != "forbid" else 2
         count = sum(comb(n, s) for s in range(lo, hi + 1))
-        if count > MAX_CANDIDATES:
+        if count > MAX_CANDIDATES and self.pool == "all":
             fits = max((m for m in range(lo, hi + 1) if sum(comb(n, s) for s in range(lo, m + 1)) <= MAX_CANDIDATES),
                        default=None)
             bound = f"max_size={fits} or less" if fits is not None else "a smaller max_size"
@@ -197,10 +268,15 @@ class Composed(Method):
 
     def candidates(self, model: Fitted, tasks: Sequence[str]) -> list[Candidate]:
         lo, hi = self._sizes(len(tasks), model.predictor is not None)
-        if model.predictor is not None:
+        if self.pool == "beam":
+            groups = [make_group(tasks[i] for i in g)
+                      for g in beam_pool(np.asarray(model.matrix(), dtype=np.float64), lo, hi, self.pool_size)]
+        else:
             groups = [make_group(c) for s in range(lo, hi + 1) for c in itertools.combinations(tasks, s)]
+        if model.predictor is not None:
             return [Candidate(g, model.predictor.predict(g)) for g in groups]
         matrix = np.array(model.matrix(), dtype=np.float64)
         if self.singletons == "zero":  # a singleton scores the diagonal; groups of two or more never read it
             np.fill_diagonal(matrix, 0.0)
-        return list(PairwiseScore(matrix, tasks).candidates(lo, hi))
+        score = PairwiseScore(matrix, tasks)
+        return [Candidate(g, {t: score.member_value(g, t) for t in g}) for g in groups]

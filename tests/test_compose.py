@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 
 import numpy as np
 import pytest
@@ -146,3 +147,65 @@ def test_too_many_candidates_are_refused_before_any_training(method, bound):
 
     with pytest.raises(Unsupported, match=f"more than 65536 .* bound them with {bound}"):
         registry.create_method(method).collect(Context(Problem(), 0, no_training, signals=no_training))
+
+
+def _slow_beam_pool(M, lo, hi, width):
+    """An independent reading of the beam pool: frozensets, sorted() with the score, every expansion listed."""
+    n = len(M)
+
+    def score(g):
+        return sum(M[i, j] for i in g for j in g if i != j) / (len(g) - 1)
+
+    pool = [frozenset([i]) for i in range(n)] if lo <= 1 else []
+    beam = sorted((frozenset(p) for p in itertools.combinations(range(n), 2)), key=score, reverse=True)[:width]
+    pool += beam if lo <= 2 else []
+    for s in range(3, hi + 1):
+        grown = {g | {t} for g in beam for t in range(n) if t not in g}
+        beam = sorted(grown, key=score, reverse=True)[:width]
+        pool += beam if s >= lo else []
+    return pool
+
+
+@pytest.mark.parametrize("lo, hi", [(1, 9), (2, 9), (3, 6)])
+def test_the_beam_pool_keeps_the_best_expansions_at_every_size(lo, hi):
+    from bench.compose import beam_pool
+
+    M = np.random.default_rng(4).normal(size=(9, 9))  # continuous: no ties
+    levels = hi - max(lo, 2) + 1
+    size = (9 if lo <= 1 else 0) + 5 * levels
+    got = beam_pool(M, lo, hi, size)
+    assert len(got) == len(set(got)) <= size  # the largest sizes hold fewer than 5 groups
+    assert {frozenset(g) for g in got} == set(_slow_beam_pool(M, lo, hi, width=5))
+
+
+def test_the_beam_pool_is_every_group_when_they_fit():
+    from bench.compose import beam_pool
+
+    M = np.random.default_rng(0).normal(size=(5, 5))
+    assert beam_pool(M, 1, 5, 31) == [c for s in range(1, 6) for c in itertools.combinations(range(5), s)]
+    assert len(beam_pool(M, 1, 5, 30)) <= 30
+
+
+def test_network_selection_over_a_beam_pool_runs_on_many_tasks():
+    """20 tasks (over 2^16 groups): with ``pool=beam`` no check refuses them, the candidates are at most
+    ``pool_size`` groups with TAG's utilities, the all-task group among them, and the beam solver covers the
+    tasks with k groups."""
+    from bench.compose import Fitted
+    from bench.signals.base import Affinity
+    from bench.solvers.base import SelectProblem
+
+    tasks = tuple(f"t{i:02d}" for i in range(20))
+    S = np.random.default_rng(1).normal(size=(20, 20))
+    method = registry.create_method("tag[pool=beam,pool_size=300,solver=beam]")
+    method.check()
+    assert method._sizes(20, False) == (2, 20)
+    candidates = method.candidates(Fitted(Affinity(tasks, S, "x"), None), tasks)
+    assert len(candidates) <= 300 and any(len(c.group) == 20 for c in candidates)
+    some = candidates[7]
+    i = tasks.index(some.group[0])
+    others = [tasks.index(t) for t in some.group[1:]]
+    assert some.utility[some.group[0]] == pytest.approx(np.mean([S[i, j] for j in others]))
+    chosen = registry.create("solver", "beam").solve(SelectProblem(tasks, tuple(candidates), 3), 0).groups
+    assert len(chosen) <= 3 and set().union(*chosen) == set(tasks)
+    with pytest.raises(UsageError, match="pool must be one of all, beam, got 'some'"):
+        registry.create_method("tag[pool=some]").check()
