@@ -62,7 +62,17 @@ Choices where the paper leaves room:
 - ``curve_stages`` defaults to 10, 25, 50 and 75 percent (the paper says "at various stages").
 - Distances use the training inputs (flattened), at most ``max_samples`` per task (seeded subsample); "binary"
   means every training input value of every task is 0 or 1; Hamming distance is the fraction of differing
-  attributes; scaling standardises each attribute over the pooled training inputs of all tasks.
+  attributes; scaling standardises each attribute over the pooled training inputs of all tasks. The inputs are
+  those the models see: the tabular adapters (:mod:`bench.tabular`) already standardise every non-binary column
+  with the pooled training statistics, so on those data sets the plain distances are on standardised attributes
+  (the paper's are on raw ones) and the ``*_scaled`` variants repeat them.
+- Gaps of signed values (``log_a_gap``, ``log_b_gap``, ``curve_grad_gap_<x>``): the paper normalises a gap "by the
+  sum of these parameter values"; the fitted ``a`` is usually negative, so the sum of magnitudes
+  ``|v_i| + |v_j|`` is used (the paper's form, divided by ``v_i + v_j``, would flip the sign and can divide by a
+  sum near 0 when the signs differ).
+- ``directed_gain`` is built from the validation *losses*, like ``mtl_gain``; the ground-truth gains the
+  predictors learn (:mod:`bench.gains`) use the task *metric*. They coincide where the metric is the loss (the
+  paper's MSE and log-loss data sets) and differ elsewhere (ETTm1: loss MSE, metric MAE).
 - ``W_t``: the parameters of the last module of the head that holds parameters of its own (the output layer).
   When heads differ in shape, ``head_dot`` is left out (noted in ``info``).
 - The inter-task affinity ``Z`` of Fifty et al. is not repeated here (it is the ``tag`` training signal).
