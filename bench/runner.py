@@ -9,7 +9,9 @@ Timing (only the runner times): ``t_signal_s``, ``t_fit_s`` and ``t_solve_s`` ar
 ``t_train_s`` the training of the groups finally chosen. Ground-truth trainings a phase asks for count in that
 phase at their **originally measured** time, whether they were trained now or found in the cache, so a table's
 timings do not depend on what the cache held (``wall_s`` is what this run really spent). ``n_trainings`` counts
-the distinct ground-truth trainings the method consumed; ``cache_hits`` how many of all trainings were hits.
+the distinct ground-truth trainings the method consumed for that split count (its signal and fit, shared by every
+split count, and that split count's own solve: the same whichever other split counts ran in the cell);
+``cache_hits`` how many of those phases' trainings and of the chosen groups' were hits.
 
 Resumable: a record is appended (and synced) as soon as its cell finishes; on start, finished records are read
 back (a truncated last line from a kill is dropped) and their runs are not redone. Group trainings are cached as
@@ -293,11 +295,13 @@ def run_cell(cell: Cell, settings: Settings, done: frozenset[str] = frozenset())
             finish(k, **_error_fields(exc))
         return records
     signal_info = _json_facts(getattr(signal, "info", None))
+    # what collect and fit consumed, shared by every split count; each split count adds its own solve's
+    fit_end, fit_hits = len(ctx.ledger), trainings.hits
     for k in todo:
         if k is not None and k > problem.n_tasks:
             finish(k, status="skipped", reason=f"n_groups={k} exceeds the {problem.n_tasks} tasks")
             continue
-        ledger_start = len(ctx.ledger)
+        ledger_start, hits_start = len(ctx.ledger), trainings.hits
         try:
             solved, t_solve = trainings.phase(method.solve, model, k if k is not None else problem.n_tasks, ctx)
             groupings = [solved] if isinstance(solved, Grouping) else list(solved)
@@ -312,7 +316,7 @@ def run_cell(cell: Cell, settings: Settings, done: frozenset[str] = frozenset())
         except Exception as exc:  # noqa: BLE001
             finish(k, **_error_fields(exc))
             continue
-        consumed = {(t.group, t.seed) for t in ctx.ledger}
+        consumed = {(t.group, t.seed) for t in ctx.ledger[:fit_end] + ctx.ledger[ledger_start:]}
         per_task = {t: float(np.mean([e.per_task[t] for e in evaluations])) for t in problem.task_names}
         per_task_val = {t: float(np.mean([e.per_task_val[t] for e in evaluations])) for t in problem.task_names}
         extra = {m: {t: mean_defined([e.extra[m][t] for e in evaluations]) for t in problem.task_names}
@@ -337,7 +341,7 @@ def run_cell(cell: Cell, settings: Settings, done: frozenset[str] = frozenset())
             n_trainings=len(consumed),
             n_trainings_solve=len(ctx.ledger) - ledger_start,
             signal_info=signal_info,
-            cache_hits=trainings.hits + eval_trainings.hits,
+            cache_hits=fit_hits + trainings.hits - hits_start + eval_trainings.hits,
             wall_s=time.perf_counter() - wall0,
         )
     return records

@@ -209,3 +209,17 @@ def test_network_selection_over_a_beam_pool_runs_on_many_tasks():
     assert len(chosen) <= 3 and set().union(*chosen) == set(tasks)
     with pytest.raises(UsageError, match="pool must be one of all, beam, got 'some'"):
         registry.create_method("tag[pool=some]").check()
+
+
+def test_each_split_count_counts_its_own_solve(plugins, tmp_path):
+    """The trainings a split count consumes are its signal's, its fit's and its own solve's: the same whether the
+    cell also ran other split counts (their solves' trainings are not added to it)."""
+    method = "task_features_ls[iterations=4,initial_partitions=2]"
+    settings = Settings(str(tmp_path / "out"), str(tmp_path / "cache"), profile="smoke")
+    both = {r["n_groups"]: r for r in run_cell(Cell(DATASET, method, 0, (2, 3)), settings)}
+    alone = run_cell(Cell(DATASET, method, 0, (3,)), Settings(str(tmp_path / "out3"), str(tmp_path / "cache"),
+                                                               profile="smoke"))
+    assert all(r["status"] == "ok" for r in [*both.values(), *alone]), both
+    assert both[3]["n_trainings"] == alone[0]["n_trainings"]
+    assert both[3]["n_trainings_solve"] == alone[0]["n_trainings_solve"]
+    assert both[3]["n_trainings"] < both[2]["n_trainings"] + both[3]["n_trainings_solve"]
