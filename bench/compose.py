@@ -23,7 +23,10 @@ Grouping problems (parameter ``problem``):
     network selection among the candidate groups: each member's utility is its predicted gain (predictor) or its
     TAG group score ``mean_{j != i} A[i, j]`` (affinity only). Singletons: a predictor gives them gain 0 (the
     task's own STL model); with an affinity only, ``singletons`` decides: ``forbid`` (TAG's ``-1e6`` sentinel; the
-    default), ``diagonal`` or ``zero``. The candidates (``pool``): ``all``, every group of up to ``max_size`` tasks
+    default), ``diagonal`` or ``zero``. ``utility=improvement`` multiplies a predicted gain by the task's
+    single-task validation value ``|m_S|`` (:attr:`Fitted.scale`): the fall of the task's metric in its units, so
+    the selection minimises the sum of the tasks' metrics (HOA's objective) rather than maximising the sum of
+    relative gains (``gain``, the default). The candidates (``pool``): ``all``, every group of up to ``max_size`` tasks
     (at most :data:`MAX_CANDIDATES`, else the method is unsupported on that problem); or ``beam``, the groups a
     beam search grows (:func:`beam_pool`, at most ``pool_size``), the tabular-divergence paper's candidates on its
     29- to 139-task data sets (Section 4.3.3); every group when they fit.
@@ -70,6 +73,7 @@ SINGLETONS = ("forbid", "diagonal", "zero")
 MAX_CANDIDATES = 1 << 16
 """Network selection enumerates candidate groups; above this many, ``max_size`` must bound them."""
 POOLS = ("all", "beam")
+UTILITIES = ("gain", "improvement")
 
 
 def beam_pool(matrix: np.ndarray, lo: int, hi: int, size: int) -> list[tuple[int, ...]]:
@@ -139,6 +143,9 @@ class Fitted:
     affinity: Affinity | None
     predictor: Predictor | None
     observations: list[Observation] = field(default_factory=list)
+    scale: dict[str, float] = field(default_factory=dict)
+    """Per task, what turns a relative gain into the metric's units: ``|m_S|``, the single-task validation value
+    (1 for ``gain`` tasks, whose gains are already differences)."""
 
     def matrix(self) -> np.ndarray:
         """The pairwise matrix a clustering solver or the MIQP works on."""
@@ -162,6 +169,7 @@ class Composed(Method):
         "max_size": None,
         "pool": "all",
         "pool_size": MAX_CANDIDATES,
+        "utility": "gain",
     }
     test_parameters: dict[str, Any] = {}
 
@@ -184,6 +192,10 @@ class Composed(Method):
             raise UsageError(f"{self.id}: problem must be one of {', '.join(PROBLEMS)}, got {self.problem!r}")
         if self.singletons not in SINGLETONS:
             raise UsageError(f"{self.id}: singletons must be one of {', '.join(SINGLETONS)}, got {self.singletons!r}")
+        if self.utility not in UTILITIES:
+            raise UsageError(f"{self.id}: utility must be one of {', '.join(UTILITIES)}, got {self.utility!r}")
+        if self.utility == "improvement" and self.predictor is None:
+            raise UsageError(f"{self.id}: utility=improvement scales predicted gains and needs a predictor")
         if self.pool not in POOLS:
             raise UsageError(f"{self.id}: pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
         if not isinstance(self.pool_size, int) or self.pool_size < 1:
@@ -228,7 +240,8 @@ class Composed(Method):
         observations = [observe(trained[make_group(g)], stl, tasks) for g in groups]
         evidence = Evidence(ctx.tasks, affinity, oracle)
         predictor.fit(observations, evidence, ctx.seed)
-        return Fitted(affinity, predictor, observations)
+        scale = {t.name: 1.0 if t.kind == "gain" else abs(stl[t.name].val[t.name]) for t in tasks}
+        return Fitted(affinity, predictor, observations, scale)
 
     def solve(self, model: Fitted, n_groups: int, ctx: Context) -> Grouping | Sequence[Grouping]:
         solver = registry.create("solver", self.solver)
@@ -274,6 +287,9 @@ class Composed(Method):
         else:
             groups = [make_group(c) for s in range(lo, hi + 1) for c in itertools.combinations(tasks, s)]
         if model.predictor is not None:
+            if self.utility == "improvement":
+                return [Candidate(g, {t: u * model.scale[t] for t, u in model.predictor.predict(g).items()})
+                        for g in groups]
             return [Candidate(g, model.predictor.predict(g)) for g in groups]
         matrix = np.array(model.matrix(), dtype=np.float64)
         if self.singletons == "zero":  # a singleton scores the diagonal; groups of two or more never read it

@@ -223,3 +223,54 @@ def test_each_split_count_counts_its_own_solve(plugins, tmp_path):
     assert both[3]["n_trainings"] == alone[0]["n_trainings"]
     assert both[3]["n_trainings_solve"] == alone[0]["n_trainings_solve"]
     assert both[3]["n_trainings"] < both[2]["n_trainings"] + both[3]["n_trainings_solve"]
+
+
+class _FixedGains:
+    """A fitted predictor stub: fixed per-group member gains."""
+
+    def __init__(self, gains):
+        self.gains = gains
+
+    def predict(self, group):
+        return dict(self.gains[group])
+
+
+def _best_selection(candidates, tasks, k):
+    """Exhaustive network selection: at most k candidates covering every task, each task served by its best."""
+    best = None
+    for r in range(1, k + 1):
+        for chosen in itertools.combinations(candidates, r):
+            if set().union(*(c.group for c in chosen)) != set(tasks):
+                continue
+            value = sum(max(c.utility[t] for c in chosen if t in c.group) for t in tasks)
+            if best is None or value > best[0] + 1e-12:
+                best = (value, {c.group for c in chosen})
+    return best[1]
+
+
+def test_hoa_minimises_the_sum_of_losses_not_of_relative_gains():
+    """HOA's utilities are predicted gains times the single-task losses, so its selection is the one with the
+    lowest summed loss; on these draws the sum of relative gains would choose other groups."""
+    from bench.compose import Fitted
+    from bench.solvers.base import SelectProblem
+
+    tasks = ("a", "b", "c", "d")
+    groups = [g for r in (1, 2, 3, 4) for g in itertools.combinations(tasks, r)]
+    hoa, plain = registry.create_method("hoa[solver=dp]"), registry.create_method("hoa[solver=dp,utility=gain]")
+    assert hoa.utility == "improvement"
+    differ = 0
+    for seed in range(20):
+        gen = np.random.default_rng(seed)
+        gains = {g: {t: 0.0 if len(g) == 1 else float(gen.normal(0.1, 0.3)) for t in g} for g in groups}
+        scale = {t: float(s) for t, s in zip(tasks, gen.uniform(0.1, 10.0, size=4))}
+        fitted = Fitted(None, _FixedGains(gains), [], scale)
+        candidates = hoa.candidates(fitted, tasks)
+        assert candidates[5].utility == {t: gains[candidates[5].group][t] * scale[t] for t in candidates[5].group}
+        chosen = set(registry.create("solver", "dp").solve(SelectProblem(tasks, tuple(candidates), 2), 0).groups)
+        assert chosen == _best_selection(candidates, tasks, 2)
+        relative = set(registry.create("solver", "dp").solve(
+            SelectProblem(tasks, tuple(plain.candidates(fitted, tasks)), 2), 0).groups)
+        differ += relative != chosen
+    assert differ > 0
+    with pytest.raises(UsageError, match="utility=improvement scales predicted gains and needs a predictor"):
+        registry.create_method("tag[utility=improvement]").check()
