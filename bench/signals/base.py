@@ -158,7 +158,14 @@ class SignalCallback(Callback):
     average is taken per entry over the steps that observed it. A subclass that needs the step's update itself
     (transfer gain reads the heads after it) prepares in ``before_step`` and hands its matrix to :meth:`record`
     from ``after_step``.
+
+    ``until_best`` (a class attribute): when early stopping ends the training, the steps of the epochs after the
+    best epoch (those early stopping waited through, ``patience`` of them) are dropped from the average, as TAG's
+    code drops its last 10 epochs (implementations.md 1.2) and ETAP's, which accumulates "exactly like TAG". A
+    training that runs all its epochs keeps every step. ``False`` (the default) keeps every observed step.
     """
+
+    until_best: ClassVar[bool] = False
 
     def __init__(self, tasks: Sequence[str], every: int = 1) -> None:
         if every < 1:
@@ -169,6 +176,10 @@ class SignalCallback(Callback):
         self.total = np.zeros((n, n))
         self.count = np.zeros((n, n))
         self.steps = 0
+        self.by_epoch: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}  # epoch -> its total, count, steps
+        self.epoch = 0
+        self.epochs: int | None = None  # the training's epoch budget (seen at its first step)
+        self.dropped_epochs = 0
         self.extra_forward = 0
         self.extra_backward = 0
         self.last: np.ndarray | None = None
@@ -178,6 +189,9 @@ class SignalCallback(Callback):
 
     def before_step(self, ctx: StepContext) -> None:
         self.last = None
+        self.epoch = ctx.epoch
+        if self.epochs is None:
+            self.epochs = ctx._trainer.config.epochs
         if self.observes(ctx):
             self.record(self.step_matrix(ctx))
 
@@ -191,6 +205,24 @@ class SignalCallback(Callback):
         self.total[seen] += matrix[seen]
         self.count[seen] += 1
         self.steps += 1
+        if self.until_best:
+            total, count, steps = self.by_epoch.get(self.epoch, (np.zeros_like(self.total), np.zeros_like(self.count),
+                                                                  0))
+            total[seen] += matrix[seen]
+            count[seen] += 1
+            self.by_epoch[self.epoch] = (total, count, steps + 1)
+
+    def on_train_end(self, result: GroupResult) -> None:
+        """With ``until_best``: drop the epochs after the best one when early stopping ended the training."""
+        if not self.until_best or self.epochs is None or result.epochs_run >= self.epochs:
+            return
+        for epoch in [e for e in self.by_epoch if e > result.best_epoch]:
+            del self.by_epoch[epoch]
+        self.dropped_epochs = result.epochs_run - 1 - result.best_epoch
+        kept = [self.by_epoch[e] for e in sorted(self.by_epoch)]  # sums of the kept epochs (no cancellation)
+        self.total = sum((t for t, _, _ in kept), np.zeros_like(self.total))
+        self.count = sum((c for _, c, _ in kept), np.zeros_like(self.count))
+        self.steps = sum(n for _, _, n in kept)
 
     @abstractmethod
     def step_matrix(self, ctx: StepContext) -> np.ndarray | None:
@@ -209,7 +241,8 @@ class SignalCallback(Callback):
         return out
 
     def info(self) -> dict[str, Any]:
-        return {"steps": self.steps, "every": self.every, "extra_forward": self.extra_forward,
+        out = {"dropped_epochs": self.dropped_epochs} if self.until_best else {}
+        return {**out, "steps": self.steps, "every": self.every, "extra_forward": self.extra_forward,
                 "extra_backward": self.extra_backward}
 
 

@@ -6,7 +6,8 @@ TAG's ``cosine_sim_train_step`` keeps ``len(grad.shape) > 1``) and flattened int
 
     C[i, j] = g_i . g_j / (|g_i| |g_j|)
 
-``matrix[i, j]`` is the average of ``C[i, j]`` over the observed steps. It is symmetric (the effect of ``j`` on
+``matrix[i, j]`` is the average of ``C[i, j]`` over the observed steps (up to the best epoch when early stopping
+ends the training, as TAG's code, which collects it beside TAG's affinity). It is symmetric (the effect of ``j`` on
 ``i`` is read as their alignment); **diagonal**: 1.
 
 Choices: one cosine over the concatenation of all rank > 1 parameters (as the reference), not a per-layer average;
@@ -38,6 +39,8 @@ def cosine_matrix(rows: torch.Tensor) -> torch.Tensor:
 
 
 class CosineCallback(GradientCallback):
+    until_best = True  # the epochs early stopping waited through are dropped (see the module docstring)
+
     def on_train_start(self, group, model, optimizer):
         super().on_train_start(group, model, optimizer)
         self.kept = [n for n, p in model.shared_parameters().items() if p.ndim > 1]
@@ -57,7 +60,7 @@ class Cs(TrainingSignal):
     """Cosine similarity of per-task gradients of the shared parameters (see the module docstring)."""
 
     name = "cs"
-    version = "1"
+    version = "2"
     defaults = {"every": 1}
     parameters = {"every": [1, 10]}
     test_parameters = {"every": 1}

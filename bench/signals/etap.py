@@ -32,6 +32,9 @@ Choices where the paper is ambiguous:
 - Eq. 5 has no ``1 / lr``; the reference code (``train_step_approx``) divides by the learning rate so that the
   score is on TAG's scale and does not shrink with a decaying schedule. We follow the code.
 - ``every``: one step in ``every`` (default 1: every step, Eq. 6 averages over all K steps).
+- Eq. 6's ``K`` steps end at the best epoch when early stopping ends the training: the epochs it waited through
+  are dropped (the reference accumulates "exactly like TAG", which drops them;
+  :attr:`~bench.signals.base.SignalCallback.until_best`).
 
 Cost: ONLY the per-task gradients the training step computes anyway and the losses (no extra forward, no extra
 backward beyond the ``n - 1`` of having per-task rather than summed gradients: one batched backward; on per-task
@@ -53,6 +56,8 @@ UPDATES = ("gradient", "optimizer")
 
 
 class EtapCallback(GradientCallback):
+    until_best = True  # the epochs early stopping waited through are dropped (see the module docstring)
+
     def __init__(self, tasks, every: int = 1, update: str = "gradient") -> None:
         if update not in UPDATES:
             raise UsageError(f"etap: update must be one of {', '.join(UPDATES)}, got {update!r}")
@@ -72,7 +77,7 @@ class Etap(TrainingSignal):
     """ETAP's first-order task-affinity score (see the module docstring)."""
 
     name = "etap"
-    version = "2"
+    version = "3"
     defaults = {"every": 1, "update": "gradient"}
     parameters = {"every": [1, 10], "update": list(UPDATES)}
     test_parameters = {"every": 1}

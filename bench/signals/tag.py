@@ -25,11 +25,11 @@ Choices where the paper and the reference code leave room:
   other masks than the lookahead, and the ratio would mix mask noise into ``Z``; there ``L_i(theta)`` is evaluated
   as one more lookahead set (``theta`` itself), under the lookahead's masks (``n + 1`` extra forwards). TAG's
   models have no dropout, so the reference never meets the case.
-- *averaging*: a plain mean over the observed steps of the whole training, the epochs that early stopping waits
-  through after the best one included (``patience``, 5 by default). TAG's code averages per epoch, then over
-  epochs, and drops the last 10 epochs (its patience) when early stopping fires. The plain mean is the same
-  average when every epoch has the same number of observed steps (``every`` dividing the steps per epoch); the
-  kept epochs are a choice made here: the signal describes the whole training it observed.
+- *averaging*: a plain mean over the observed steps up to the best epoch when early stopping ends the training
+  (the epochs it waited through, ``patience`` of them, are dropped, as TAG's code drops its last 10 epochs, its
+  patience; :attr:`~bench.signals.base.SignalCallback.until_best`), over every observed step otherwise. TAG's code
+  averages per epoch, then over epochs: the same average when every epoch has the same number of observed steps
+  (``every`` dividing the steps per epoch).
 - ``every``: one step in ``every`` is observed (the Taskonomy patch used 10; CelebA 1).
 
 Cost per observed step: n per-task gradients (one batched backward, counted as ``n - 1`` extra backward passes)
@@ -46,6 +46,8 @@ from bench.types import make_group
 
 
 class TagCallback(GradientCallback):
+    until_best = True  # the epochs early stopping waited through are dropped (see the module docstring)
+
     def on_train_start(self, group, model, optimizer) -> None:
         super().on_train_start(group, model, optimizer)
         self.random = draws_random(model)  # the model draws dropout masks: see the module docstring

@@ -915,3 +915,29 @@ def test_cosines_of_tiny_and_huge_float32_gradients(scale):
     rows = torch.tensor([[3.0, 4.0, 0.0], [4.0, 3.0, 0.0], [0.0, 0.0, 2.0], [0.0, 0.0, 0.0]])
     want = torch.tensor([[1.0, 0.96, 0.0, 0.0], [0.96, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
     torch.testing.assert_close(cosine_matrix(rows * scale), want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("stops", [True, False], ids=["early_stop", "all_epochs"])
+@pytest.mark.parametrize("make", [lambda: TagCallback(TASKS3), lambda: EtapCallback(TASKS3),
+                                  lambda: CosineCallback(TASKS3)], ids=["tag", "etap", "cs"])
+def test_the_epochs_early_stopping_waited_through_are_dropped(make, stops):
+    """TAG's accounting: when early stopping ends the training (here after epoch 1, no epoch after the first
+    improving by ``min_delta``), the steps after the best epoch leave the average; a training that runs all its
+    epochs keeps every step."""
+    config = TrainConfig(epochs=4, batch_size=8, patience=1 if stops else None, min_delta=1e9 if stops else 0.0,
+                         **OPTIMIZERS["sgd"])
+    problem = TrainedProblem(list(_tasks(TASKS3).values()), "synthetic", {"name": "early"}, tiny_data("shared"),
+                             tiny_factory(False), config)
+    seen = []
+
+    class Keep(Callback):
+        def after_step(self, ctx):
+            seen.append((ctx.epoch, cb.last.copy()))
+
+    cb = make()
+    result = problem.train(TASKS3, seed=0, callbacks=[cb, Keep()])
+    kept = [m for e, m in seen if e <= result.best_epoch or not stops]
+    assert (result.epochs_run, result.best_epoch) == ((2, 0) if stops else (4, result.best_epoch))
+    assert len(kept) < len(seen) if stops else len(kept) == len(seen)
+    np.testing.assert_allclose(cb.matrix(), np.mean(kept, axis=0), rtol=1e-12, atol=1e-14)
+    assert cb.steps == len(kept) and cb.info()["dropped_epochs"] == (1 if stops else 0)
