@@ -20,6 +20,8 @@ Procedure, run ``restarts`` times (the paper: 10), keeping the run with the larg
    coincide (planted 3 x 3 blocks were recovered in 7-8 of 10 runs, against 10 of 10 with edge weights), so the
    edge weight ``F[i, j]`` enters the attention logits (PyG ``edge_dim=1``).
 3. GMM (sklearn ``GaussianMixture``, ``k`` components) on ``Z``; hard labels by the largest responsibility (eq. 4).
+   The paper lets "a node be assigned to more than one cluster" without a threshold; the ``partition`` problem
+   gives every task one group, so only the most likely cluster is used.
    ``n`` points in ``2n`` dimensions make a full covariance singular, so the covariance is ``spherical``
    (default) or ``diag``, regularised by sklearn's ``reg_covar``.
 4. Singleton refinement (paper): while a cluster has a single task and there are other clusters, the first such
