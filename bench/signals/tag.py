@@ -69,7 +69,7 @@ class Tag(TrainingSignal):
     """TAG's lookahead inter-task affinity (see the module docstring)."""
 
     name = "tag"
-    version = "2"
+    version = "3"
     defaults = {"every": 1}
     parameters = {"every": [1, 10]}
     test_parameters = {"every": 1}
