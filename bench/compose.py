@@ -74,6 +74,20 @@ MAX_CANDIDATES = 1 << 16
 """Network selection enumerates candidate groups; above this many, ``max_size`` must bound them."""
 POOLS = ("all", "beam")
 UTILITIES = ("gain", "improvement")
+SERVES = ("val", "predicted")
+
+
+def served_by_utility(groups: Sequence[Group], candidates: Sequence[Candidate]) -> dict[str, Group]:
+    """Per task, the chosen group where the candidates give it the largest utility (MTG-Net's evaluation: "the
+    chosen group with the highest predicted gain"); ties go to the first in canonical order, and for a group listed
+    twice among the candidates the last counts, as in the selection problem's objective."""
+    utility = {c.group: c.utility for c in candidates}
+    served: dict[str, Group] = {}
+    for group in sorted({make_group(g) for g in groups}, key=lambda g: (len(g), g)):
+        for t in group:
+            if t not in served or utility[group][t] > utility[served[t]][t]:
+                served[t] = group
+    return served
 
 
 def beam_pool(matrix: np.ndarray, lo: int, hi: int, size: int) -> list[tuple[int, ...]]:
@@ -170,6 +184,7 @@ class Composed(Method):
         "pool": "all",
         "pool_size": MAX_CANDIDATES,
         "utility": "gain",
+        "serve": "val",
     }
     test_parameters: dict[str, Any] = {}
 
@@ -196,6 +211,11 @@ class Composed(Method):
             raise UsageError(f"{self.id}: utility must be one of {', '.join(UTILITIES)}, got {self.utility!r}")
         if self.utility == "improvement" and self.predictor is None:
             raise UsageError(f"{self.id}: utility=improvement scales predicted gains and needs a predictor")
+        if self.serve not in SERVES:
+            raise UsageError(f"{self.id}: serve must be one of {', '.join(SERVES)}, got {self.serve!r}")
+        if self.serve == "predicted" and self.problem != "select":
+            raise UsageError(f"{self.id}: serve=predicted needs problem=select (a partition serves each task by "
+                             f"its only group)")
         if self.pool not in POOLS:
             raise UsageError(f"{self.id}: pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
         if not isinstance(self.pool_size, int) or self.pool_size < 1:
@@ -260,7 +280,13 @@ class Composed(Method):
         else:
             problem = MIQPProblem(tasks, model.matrix(), n_groups, partition=self.problem == "miqp-partition")
         solution = solver.solve(problem, ctx.seed)
+        if self.serve == "predicted":
+            return Grouping.of(solution.groups, self.semantics, served_by_utility(solution.groups, problem.candidates))
         return Grouping.of(solution.groups, self.semantics)
+
+    @property
+    def serve_by(self) -> str:  # type: ignore[override]
+        return "predicted" if self.serve == "predicted" else "val"
 
     # ------------------------------------------------------------------------------------------- candidates
 

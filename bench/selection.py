@@ -16,6 +16,8 @@ from bench.errors import UsageError
 from bench.solvers.base import Candidate
 from bench.types import Group, GroupResult, Grouping, Task
 
+SERVE_BY = ("val", "test", "predicted")
+
 
 @dataclass(frozen=True)
 class Evaluation:
@@ -35,24 +37,20 @@ class Evaluation:
 
 def evaluate(grouping: Grouping, results: Mapping[Group, GroupResult], tasks: Sequence[Task],
              serve_by: str = "val") -> Evaluation:
-    """Score ``grouping``: each task takes the test value of its best chosen group by ``serve_by`` (val/test).
+    """Score ``grouping``: each task takes the test value of its best chosen group by ``serve_by`` (``val`` or
+    ``test``), or of the group the method chose for it (``predicted``: ``grouping.served``).
 
     Ties go to the first group in the grouping's canonical order, so the result is deterministic.
     """
-    if serve_by not in ("val", "test"):
-        raise UsageError(f"serve_by must be 'val' or 'test', got {serve_by!r}")
+    if serve_by not in SERVE_BY:
+        raise UsageError(f"serve_by must be one of {', '.join(SERVE_BY)}, got {serve_by!r}")
+    if serve_by == "predicted" and grouping.served is None:
+        raise UsageError("serve_by='predicted' needs the grouping's serving groups (Grouping.served)")
     grouping.validate([t.name for t in tasks])
+    chosen = dict(grouping.served or ())
     per_task, per_val, served = {}, {}, {}
     for task in tasks:
-        best, best_u = None, -math.inf
-        for group in grouping.groups:
-            if task.name not in group:
-                continue
-            result = results[group]
-            u = task.utility(getattr(result, serve_by)[task.name])
-            if u > best_u:
-                best, best_u = group, u
-        assert best is not None  # validate() guarantees coverage
+        best = chosen[task.name] if serve_by == "predicted" else _best_by(grouping, results, task, serve_by)
         per_task[task.name] = float(results[best].test[task.name])
         per_val[task.name] = float(results[best].val[task.name])
         served[task.name] = best
@@ -61,6 +59,18 @@ def evaluate(grouping: Grouping, results: Mapping[Group, GroupResult], tasks: Se
         for metric in task.extra_metrics:
             extra.setdefault(metric, {})[task.name] = results[served[task.name]].extra_value(metric, task.name)
     return Evaluation(per_task, per_val, served, extra)
+
+
+def _best_by(grouping: Grouping, results: Mapping[Group, GroupResult], task: Task, split: str) -> Group:
+    """The chosen group holding ``task`` with the best ``split`` value for it (the first of equals)."""
+    best, best_u = None, -math.inf
+    for group in grouping.groups:
+        if task.name in group:
+            u = task.utility(getattr(results[group], split)[task.name])
+            if u > best_u:
+                best, best_u = group, u
+    assert best is not None  # validate() guarantees coverage
+    return best
 
 
 def mean_defined(values: Sequence[float | None]) -> float | None:

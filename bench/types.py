@@ -111,16 +111,21 @@ class Grouping:
     """A set of groups and the semantics under which it was chosen.
 
     ``select``: the groups may overlap and every task is served by its best chosen group (network selection);
-    ``partition``: the groups are disjoint and cover every task.
+    ``partition``: the groups are disjoint and cover every task. ``served`` (optional): the group the method itself
+    chose to serve each task, ``(task, group)`` pairs in task order (MTG-Net serves a task by its highest
+    *predicted* gain); evaluation reads it under ``serve_by="predicted"``.
     """
 
     groups: tuple[Group, ...]
     semantics: Semantics = "select"
+    served: tuple[tuple[str, Group], ...] | None = None
 
     @classmethod
-    def of(cls, groups: Iterable[Iterable[str]], semantics: Semantics = "select") -> Grouping:
+    def of(cls, groups: Iterable[Iterable[str]], semantics: Semantics = "select",
+           served: Mapping[str, Iterable[str]] | None = None) -> Grouping:
         canon = sorted({make_group(g) for g in groups}, key=lambda g: (len(g), g))
-        return cls(tuple(canon), semantics)
+        pairs = None if served is None else tuple((t, make_group(served[t])) for t in sorted(served))
+        return cls(tuple(canon), semantics, pairs)
 
     def validate(self, tasks: Iterable[str], max_groups: int | None = None) -> None:
         """Raise ``ValueError`` unless this grouping covers ``tasks`` and obeys its semantics."""
@@ -136,6 +141,12 @@ class Grouping:
             raise ValueError("a partition must not repeat a task")
         if max_groups is not None and len(self.groups) > max_groups:
             raise ValueError(f"grouping has {len(self.groups)} groups, at most {max_groups} allowed")
+        if self.served is not None:
+            served = dict(self.served)
+            wrong = sorted(t for t in tasks if t not in served.get(t, ()) or served[t] not in self.groups)
+            if wrong or set(served) - tasks:
+                raise ValueError(f"the serving groups of tasks {wrong or sorted(set(served) - tasks)} are not "
+                                 f"chosen groups that hold them")
 
     def as_lists(self) -> list[list[str]]:
         return [list(g) for g in self.groups]

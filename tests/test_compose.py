@@ -274,3 +274,22 @@ def test_hoa_minimises_the_sum_of_losses_not_of_relative_gains():
     assert differ > 0
     with pytest.raises(UsageError, match="utility=improvement scales predicted gains and needs a predictor"):
         registry.create_method("tag[utility=improvement]").check()
+
+
+def test_mtg_net_serves_each_task_by_its_highest_predicted_gain():
+    """MTG-Net's evaluation takes each task from the chosen group with its highest predicted gain: the grouping
+    names that group (ties: the first in canonical order), and the record's method serves by it."""
+    from bench.compose import served_by_utility
+    from bench.solvers.base import Candidate
+
+    candidates = [Candidate(("a", "b"), {"a": 0.3, "b": 0.1}), Candidate(("b", "c"), {"b": 0.4, "c": 0.2}),
+                  Candidate(("a", "c"), {"a": 0.3, "c": 0.5}), Candidate(("a", "b"), {"a": 0.1, "b": 0.1})]
+    served = served_by_utility([("b", "c"), ("a", "b"), ("a", "c")], candidates)
+    # a: 0.1 in a+b (its last candidate counts) against 0.3 in a+c; b: 0.4 in b+c; c: 0.5 in a+c
+    assert served == {"a": ("a", "c"), "b": ("b", "c"), "c": ("a", "c")}
+    assert served_by_utility([("a", "c"), ("a", "b")], candidates[:2] + candidates[2:3])["a"] == ("a", "b")
+    method = registry.create_method("mtg_net")
+    assert method.serve == "predicted" and method.serve_by == "predicted"
+    assert registry.create_method("hoa").serve_by == "val"
+    with pytest.raises(UsageError, match="serve=predicted needs problem=select"):
+        registry.create_method("tag[serve=predicted,problem=partition,solver=sdp]").check()

@@ -160,3 +160,23 @@ def test_taskonomy_optimal_golden(shared_data_root):
         if k in published:
             assert ev.total >= published[k] - 5e-4
     assert not math.isclose(expected[4][0], published[4], abs_tol=1e-2)  # documented disagreement, k=4
+
+
+def test_evaluate_serves_by_the_methods_own_choice():
+    """``serve_by="predicted"``: each task takes the test value of the group the method named for it
+    (``Grouping.served``), whatever validation says; a serving group that is not chosen or lacks the task is an
+    error, and so is asking for it without one."""
+    results = {
+        ("a",): _result(("a",), {"a": 1.0}, {"a": 1.0}),
+        ("b", "c"): _result(("b", "c"), {"b": 2.0, "c": 3.0}, {"b": 2.0, "c": 3.0}),
+        ("a", "b"): _result(("a", "b"), {"a": 0.5, "b": 2.5}, {"a": 9.0, "b": 0.1}),
+    }
+    served = {"a": ("a",), "b": ("a", "b"), "c": ("b", "c")}
+    grouping = Grouping.of([("a", "b"), ("a",), ("b", "c")], "select", served)
+    ev = evaluate(grouping, results, TASKS, serve_by="predicted")
+    assert ev.served_by == served and ev.per_task == {"a": 1.0, "b": 0.1, "c": 3.0}
+    assert evaluate(grouping, results, TASKS).served_by["a"] == ("a", "b")  # by validation
+    with pytest.raises(ValueError, match=r"serving groups of tasks \['c'\]"):
+        Grouping.of([("a", "b"), ("a",), ("b", "c")], "select", {**served, "c": ("a", "b")}).validate("abc")
+    with pytest.raises(UsageError, match="needs the grouping's serving groups"):
+        evaluate(Grouping.of([("a", "b"), ("b", "c")]), results, TASKS, serve_by="predicted")
