@@ -293,3 +293,14 @@ def test_mtg_net_serves_each_task_by_its_highest_predicted_gain():
     assert registry.create_method("hoa").serve_by == "val"
     with pytest.raises(UsageError, match="serve=predicted needs problem=select"):
         registry.create_method("tag[serve=predicted,problem=partition,solver=sdp]").check()
+
+
+def test_on_eighteen_tasks_divergence_beam_runs_and_hoa_is_skipped_before_training(tmp_path):
+    """Over 2^16 groups: the tabular-divergence method selects among its beam-grown pool, as its paper does on
+    its 29- to 139-task data sets; HOA, which enumerates every group, is recorded as skipped, naming the bound."""
+    settings = Settings(str(tmp_path / "out"), str(tmp_path / "cache"), profile="smoke")
+    dataset = "synthetic[clusters=[6,6,6]]"
+    [beam] = run_cell(Cell(dataset, "divergence_beam", 0, (2,)), settings)
+    assert beam["status"] == "ok" and len(beam["groups"]) <= 2 and beam["n_trainings"] > 0
+    [hoa] = run_cell(Cell(dataset, "hoa", 0, (2,)), settings)
+    assert hoa["status"] == "skipped" and "bound them with max_size=" in hoa["reason"]
