@@ -695,3 +695,25 @@ def test_etap_search_grids_are_the_references():
     assert etap.Etap.defaults["stage1_folds"] == 10 and etap.Etap.defaults["stage2_folds"] == 5
     assert etap.knot_grid(3) == (2,) and etap.knot_grid(100) == tuple(range(2, 11))
     assert etap.knot_grid(99) == tuple(range(2, 10))
+
+
+@pytest.mark.parametrize("higher", [False, True], ids=["loss", "accuracy"])
+def test_hoa_is_standleys_average_of_pair_losses(higher):
+    """Standley et al. average the *losses* of a task's pairs, ``L_hat(i, G) = mean_j L(i, {i, j})``; the predicted
+    relative gain is that averaged loss's gain against the single-task value, for either metric direction."""
+    from bench.gains import task_gain
+    from bench.types import Task
+
+    gen = np.random.default_rng(3)
+    names = ("a", "b", "c", "d")
+    task = {t: Task(t, metric="acc" if higher else "mse", higher_is_better=higher) for t in names}
+    stl = {t: float(gen.uniform(1.0, 5.0)) for t in names}
+    pair = {(g, t): float(gen.uniform(0.5, 6.0)) for g in itertools.combinations(names, 2) for t in g}
+    observations = [Observation(g, {t: task_gain(task[t], pair[(g, t)], stl[t]) for t in g})
+                    for g in itertools.combinations(names, 2)]
+    predictor = _make("hoa").fit(observations, Evidence(names), 0)
+    for r in (3, 4):
+        for group in itertools.combinations(names, r):
+            for t in group:
+                averaged = np.mean([pair[(make_group((t, u)), t)] for u in group if u != t])
+                assert predictor.predict(group)[t] == pytest.approx(task_gain(task[t], averaged, stl[t]), abs=1e-12)
