@@ -54,7 +54,7 @@ import numpy as np
 
 from bench import registry
 from bench.errors import Unsupported, UsageError
-from bench.gains import Observation, observe
+from bench.gains import Observation, gain_unit, observe
 from bench.method import Context, Method
 from bench.predictors.base import Evidence, Predictor
 from bench.signals.base import Affinity
@@ -158,8 +158,7 @@ class Fitted:
     predictor: Predictor | None
     observations: list[Observation] = field(default_factory=list)
     scale: dict[str, float] = field(default_factory=dict)
-    """Per task, what turns a relative gain into the metric's units: ``|m_S|``, the single-task validation value
-    (1 for ``gain`` tasks, whose gains are already differences)."""
+    """Per task, :func:`bench.gains.gain_unit` of its single-task validation value."""
 
     def matrix(self) -> np.ndarray:
         """The pairwise matrix a clustering solver or the MIQP works on."""
@@ -260,8 +259,7 @@ class Composed(Method):
         observations = [observe(trained[make_group(g)], stl, tasks) for g in groups]
         evidence = Evidence(ctx.tasks, affinity, oracle)
         predictor.fit(observations, evidence, ctx.seed)
-        scale = {t.name: 1.0 if t.kind == "gain" else abs(stl[t.name].val[t.name]) for t in tasks}
-        return Fitted(affinity, predictor, observations, scale)
+        return Fitted(affinity, predictor, observations, {t.name: gain_unit(t, stl[t.name].val[t.name]) for t in tasks})
 
     def solve(self, model: Fitted, n_groups: int, ctx: Context) -> Grouping | Sequence[Grouping]:
         solver = registry.create("solver", self.solver)
@@ -313,10 +311,9 @@ class Composed(Method):
         else:
             groups = [make_group(c) for s in range(lo, hi + 1) for c in itertools.combinations(tasks, s)]
         if model.predictor is not None:
-            if self.utility == "improvement":
-                return [Candidate(g, {t: u * model.scale[t] for t, u in model.predictor.predict(g).items()})
-                        for g in groups]
-            return [Candidate(g, model.predictor.predict(g)) for g in groups]
+            scale = model.scale if self.utility == "improvement" else {}
+            return [Candidate(g, {t: u * scale.get(t, 1.0) for t, u in model.predictor.predict(g).items()})
+                    for g in groups]
         matrix = np.array(model.matrix(), dtype=np.float64)
         if self.singletons == "zero":  # a singleton scores the diagonal; groups of two or more never read it
             np.fill_diagonal(matrix, 0.0)

@@ -39,6 +39,12 @@ def task_gain(task: Task, value: float, stl_value: float) -> float:
     return float(diff / abs(stl_value))
 
 
+def gain_unit(task: Task, stl_value: float) -> float:
+    """What turns ``task``'s relative gain into the metric's units: ``|m_S|`` (1 for ``gain`` tasks, whose gains
+    are already differences), so that ``task_gain * gain_unit`` is :func:`task_improvement`."""
+    return 1.0 if task.kind == "gain" else abs(float(stl_value))
+
+
 def task_improvement(task: Task, value: float, stl_value: float) -> float:
     """The absolute form of :func:`task_gain`: ``m_S - m_G`` (lower-is-better) or ``m_G - m_S``, in the metric's
     own units (``kind == "gain"``: ``m_G - m_S``, as :func:`task_gain`). Summed over a partition's tasks it is the

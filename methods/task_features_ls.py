@@ -37,11 +37,11 @@ import numpy as np
 
 from bench.compose import Composed, Fitted
 from bench.errors import BenchError, UsageError
-from bench.gains import task_gain, task_improvement
+from bench.gains import gain_unit, task_gain, task_improvement
 from bench.method import Context
 from bench.predictors.nn import GroupFeaturePredictor
 from bench.solvers.local_search import GroupOracle, GroupPredictor, run_local_search
-from bench.types import Group, Grouping
+from bench.types import Group, Grouping, Task
 
 OBJECTIVES = ("loss", "relative")
 
@@ -66,9 +66,9 @@ class RelativeGainPredictor:
         return np.asarray(self.inner.predict(groups)) * np.array([self.scale(g) for g in groups])
 
 
-def _total(group: Group, stl: dict[str, float]) -> float:
-    """``sum_{t in group} |m_S,t|``: the scale of a group's relative gain."""
-    total = sum(abs(stl[t]) for t in group)
+def _total(group: Group, stl: dict[str, float], tasks: dict[str, Task]) -> float:
+    """``sum_{t in group} |m_S,t|`` (:func:`bench.gains.gain_unit`): the scale of a group's relative gain."""
+    total = sum(gain_unit(tasks[t], stl[t]) for t in group)
     if total == 0:
         raise BenchError(f"group {group}: every single-task metric is 0, the relative gain is undefined")
     return total
@@ -102,7 +102,7 @@ class TaskFeaturesLs(Composed):
         if self.quick_reject:
             predictor = GroupFeaturePredictor(model.affinity, ctx.tasks, seed=ctx.seed)
             if self.objective == "loss":
-                predictor = RelativeGainPredictor(predictor, lambda g: _total(g, stl))
+                predictor = RelativeGainPredictor(predictor, lambda g: _total(g, stl, tasks))
         best, _ = run_local_search(ctx.tasks, n_groups, GroupOracle(value), predictor, ctx.rng(self.name, n_groups),
                                    self.iterations, initial_partitions=self.initial_partitions,
                                    retrain_every=self.retrain_every, pi0=self.pi0)

@@ -125,15 +125,12 @@ class QuadraticRidge(Predictor):
         X, y, pair_of_row = np.array(rows), np.array(y), np.array(pair_of_row)
 
         folds = min(self.folds, len(pairs))
-        if not self.ridge:
-            self.pair_fold_ = np.zeros(len(pairs), dtype=int)
-            self.alpha_, self.cv_mse_ = 0.0, None
-        elif folds >= 2:
+        if self.ridge and folds >= 2:
             self.pair_fold_ = group_folds(len(pairs), folds, seed, "quadratic_ridge", "cv")
             self.alpha_, self.cv_mse_ = self._search_alpha(X, y, self.pair_fold_[pair_of_row], folds)
-        else:
+        else:  # least squares (no lambda), or too few pairs to cross-validate (lambda = 1)
             self.pair_fold_ = np.zeros(len(pairs), dtype=int)
-            self.alpha_, self.cv_mse_ = 1.0, None
+            self.alpha_, self.cv_mse_ = (1.0 if self.ridge else 0.0), None
         self.model_ = self._pipeline(self.alpha_).fit(X, y)
 
         n = len(self.tasks_)
