@@ -460,6 +460,13 @@ class _Item(nn.Module):
         return x * 2.0 if float(x.sum().item()) < 1e9 else x
 
 
+def _perturbed_sets(ctx, sets: int) -> dict[str, torch.Tensor]:
+    """``sets`` random parameter sets near the step's shared parameters (seeded by the step)."""
+    gen = torch.Generator().manual_seed(ctx.step)
+    return {k: p.detach() + 0.1 * torch.randn(sets, *p.shape, generator=gen, dtype=DT)
+            for k, p in ctx.shared_parameters().items()}
+
+
 @pytest.mark.parametrize("batched_rows", [8192, 20, 1], ids=["one_call", "chunks", "set_by_set"])
 @pytest.mark.parametrize("batch_norm", [True, False], ids=["batch_norm", "row_wise"])
 @pytest.mark.parametrize("layout", ["shared", "per_task"])
@@ -472,10 +479,7 @@ def test_batched_lookahead_equals_the_loop_and_leaves_buffers(layout, batch_norm
 
     class Check(Callback):
         def before_step(self, ctx):
-            shared = ctx.shared_parameters()
-            gen = torch.Generator().manual_seed(ctx.step)
-            replaced = {k: p.detach() + 0.1 * torch.randn(4, *p.shape, generator=gen, dtype=DT)
-                        for k, p in shared.items()}
+            replaced = _perturbed_sets(ctx, 4)
             fixed = {k: p.detach() + 0.5 for k, p in ctx.task_parameters("b").items()}
             buffers = {k: b.clone() for k, b in ctx.model.named_buffers()}
             look = la.Lookahead()
@@ -526,9 +530,7 @@ def test_stacked_heads_take_every_loss_per_sample(layout, loss):
 
     class Check(Callback):
         def before_step(self, ctx):
-            gen = torch.Generator().manual_seed(ctx.step)
-            replaced = {k: p.detach() + 0.1 * torch.randn(4, *p.shape, generator=gen, dtype=DT)
-                        for k, p in ctx.shared_parameters().items()}
+            replaced = _perturbed_sets(ctx, 4)
             look = la.Lookahead()
             got = look.losses(ctx, replaced)
             assert look.stacked is not None and look.stack_fallback is None
@@ -860,10 +862,7 @@ def test_a_lookahead_through_dropout_is_batched_with_one_mask_for_every_set(layo
 
     class Check(Callback):
         def before_step(self, ctx):
-            gen = torch.Generator().manual_seed(ctx.step)
-            replaced = {k: p.detach() + 0.1 * torch.randn(3, *p.shape, generator=gen, dtype=DT)
-                        for k, p in ctx.shared_parameters().items()}
-            replaced = {k: torch.cat([v, v[:1]]) for k, v in replaced.items()}  # set 3 repeats set 0
+            replaced = {k: torch.cat([v, v[:1]]) for k, v in _perturbed_sets(ctx, 3).items()}  # set 3 repeats 0
             look = la.Lookahead()
             got = look.losses(ctx, replaced)
             assert look.fallback is None and look.stacked is None
