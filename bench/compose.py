@@ -29,7 +29,11 @@ Grouping problems (parameter ``problem``):
     relative gains (``gain``, the default). The candidates (``pool``): ``all``, every group of up to ``max_size`` tasks
     (at most :data:`MAX_CANDIDATES`, else the method is unsupported on that problem); or ``beam``, the groups a
     beam search grows (:func:`beam_pool`, at most ``pool_size``), the tabular-divergence paper's candidates on its
-    29- to 139-task data sets (Section 4.3.3); every group when they fit.
+    29- to 139-task data sets (Section 4.3.3); every group when they fit. On a problem that can evaluate some groups
+    only (:meth:`bench.dataset.Problem.listed_groups`: MIMIC-III's table lists 3,185 of 2^27 - 1), ``all`` is every
+    listed group of those sizes and ``beam`` keeps the listed groups it grows; a predictor's training groups are
+    drawn from the listed ones too. Over many tasks the exact solver is then ``select_highs`` (``dp`` enumerates
+    subsets of at most 16 tasks).
 ``partition``
     exactly k disjoint groups; the group score is :class:`~bench.solvers.base.PairwiseScore` of the affinity or
     of the predictor's pairwise matrix (clustering solvers need a matrix), or the sum of the predictor's member
@@ -239,7 +243,7 @@ class Composed(Method):
     def collect(self, ctx: Context) -> Affinity | None:
         self.check()
         if self.problem == "select":  # too many candidates: say so before any training
-            self._sizes(len(ctx.tasks), self.predictor is not None)
+            self._sizes(len(ctx.tasks), self.predictor is not None, ctx.problem.listed_groups())
         if self.signal is None:
             return None
         return ctx.signal(registry.create("signal", self.signal))
@@ -254,10 +258,13 @@ class Composed(Method):
         def oracle(group: Group) -> Observation:
             return observe(ctx.train(group), stl, tasks)
 
-        groups = predictor.training_groups(ctx.tasks, self.n_train, ctx.rng(self.name, "training_groups"))
+        listed = ctx.problem.listed_groups()
+        # a plugin written without the ``listed`` parameter still runs (its groups must then be measurable)
+        extra = {"listed": listed} if listed is not None else {}
+        groups = predictor.training_groups(ctx.tasks, self.n_train, ctx.rng(self.name, "training_groups"), **extra)
         trained = ctx.train_many(groups)
         observations = [observe(trained[make_group(g)], stl, tasks) for g in groups]
-        evidence = Evidence(ctx.tasks, affinity, oracle)
+        evidence = Evidence(ctx.tasks, affinity, oracle, listed)
         predictor.fit(observations, evidence, ctx.seed)
         return Fitted(affinity, predictor, observations, {t.name: gain_unit(t, stl[t.name].val[t.name]) for t in tasks})
 
@@ -265,7 +272,8 @@ class Composed(Method):
         solver = registry.create("solver", self.solver)
         tasks = ctx.tasks
         if self.problem == "select":
-            problem: Any = SelectProblem(tasks, tuple(self.candidates(model, tasks)), n_groups)
+            candidates = self.candidates(model, tasks, ctx.problem.listed_groups())
+            problem: Any = SelectProblem(tasks, tuple(candidates), n_groups)
         elif self.problem == "partition":
             if self.score == "predicted":
                 if model.predictor is None:
@@ -288,11 +296,17 @@ class Composed(Method):
 
     # ------------------------------------------------------------------------------------------- candidates
 
-    def _sizes(self, n: int, predicted: bool) -> tuple[int, int]:
+    def _sizes(self, n: int, predicted: bool, listed: Sequence[Group] | None = None) -> tuple[int, int]:
         """The candidates' sizes ``lo .. hi`` for ``n`` tasks; :class:`Unsupported` above :data:`MAX_CANDIDATES` in
         the ``all`` pool."""
         hi = n if self.max_size is None else min(int(self.max_size), n)
         lo = 1 if predicted or self.singletons != "forbid" else 2
+        if listed is not None:
+            count = sum(1 for g in listed if lo <= len(g) <= hi)
+            if count > MAX_CANDIDATES and self.pool == "all":
+                raise Unsupported(f"{self.id}: network selection over the {count} listed groups of {lo} to {hi} "
+                                  f"tasks is more than {MAX_CANDIDATES} candidates; bound them with max_size")
+            return lo, hi
         count = sum(comb(n, s) for s in range(lo, hi + 1))
         if count > MAX_CANDIDATES and self.pool == "all":
             fits = max((m for m in range(lo, hi + 1) if sum(comb(n, s) for s in range(lo, m + 1)) <= MAX_CANDIDATES),
@@ -303,17 +317,23 @@ class Composed(Method):
                               f"them with {bound} (k groups of at most that size must still cover every task)")
         return lo, hi
 
-    def candidates(self, model: Fitted, tasks: Sequence[str]) -> list[Candidate]:
-        lo, hi = self._sizes(len(tasks), model.predictor is not None)
+    def candidates(self, model: Fitted, tasks: Sequence[str], listed: Sequence[Group] | None = None) -> list[Candidate]:
+        """The scored candidates; ``listed``: the only groups the problem can evaluate (a partial published table),
+        to which every pool is restricted."""
+        lo, hi = self._sizes(len(tasks), model.predictor is not None, listed)
+        known = None if listed is None else {make_group(g) for g in listed}
         if self.pool == "beam":
             groups = [make_group(tasks[i] for i in g)
                       for g in beam_pool(np.asarray(model.matrix(), dtype=np.float64), lo, hi, self.pool_size)]
+            groups = groups if known is None else [g for g in groups if g in known]
+        elif known is not None:
+            groups = sorted((g for g in known if lo <= len(g) <= hi), key=lambda g: (len(g), g))
         else:
             groups = [make_group(c) for s in range(lo, hi + 1) for c in itertools.combinations(tasks, s)]
         if model.predictor is not None:
             scale = model.scale if self.utility == "improvement" else {}
-            return [Candidate(g, {t: u * scale.get(t, 1.0) for t, u in model.predictor.predict(g).items()})
-                    for g in groups]
+            return [Candidate(g, {t: u * scale.get(t, 1.0) for t, u in gains.items()})
+                    for g, gains in zip(groups, model.predictor.predict_many(groups))]
         matrix = np.array(model.matrix(), dtype=np.float64)
         if self.singletons == "zero":  # a singleton scores the diagonal; groups of two or more never read it
             np.fill_diagonal(matrix, 0.0)

@@ -119,6 +119,15 @@ class Problem(ABC):
         names = self.task_names
         return [tuple(names[i] for i in range(len(names)) if mask >> i & 1) for mask in range(1, 1 << len(names))]
 
+    def listed_groups(self) -> list[Group] | None:
+        """``None`` when every non-empty subset of the tasks has a result; otherwise the groups that have one (a
+        published table that lists some groups only, as MIMIC-III's 3,185 of 2^27 - 1). Whatever draws or
+        enumerates groups to measure (predictors' training groups, MTG-Net's pool, network selection's candidates)
+        draws from these."""
+        if self.n_candidate_groups() == (1 << self.n_tasks) - 1:
+            return None
+        return self.candidate_groups()
+
     def supports_callbacks(self) -> bool:
         """Whether ``train`` runs a real training that callbacks can observe (a lookup table does not)."""
         return False

@@ -301,39 +301,24 @@ def training_rng(seed: int, dataset: str, repeat: int) -> np.random.Generator:
     return rng(seed, "predeval", "train", dataset, repeat)
 
 
-def _complete(problem: Problem) -> bool:
-    """Whether every subset of the tasks has a result (else only ``problem.candidate_groups()``)."""
-    return problem.n_candidate_groups() == (1 << problem.n_tasks) - 1
-
-
-def _pool(problem: Problem, exclude: Iterable[Group] = ()) -> list[Group]:
-    excluded = set(exclude)
-    groups = [make_group(g) for g in problem.candidate_groups() if len(g) >= 2]
-    return sorted((g for g in groups if g not in excluded), key=lambda g: (len(g), g))
-
-
 def draw_groups(problem: Problem, count: int, gen: np.random.Generator,
                 exclude: Iterable[Group] = ()) -> list[Group]:
     """``count`` distinct groups of two or more tasks, none in ``exclude`` (fewer when fewer exist).
 
-    Every subset available: :func:`bench.predictors.base.random_groups` (a size uniform in [2, n], then a uniform
-    subset; the distribution ETAP's and the surrogate's training groups are drawn from). Otherwise (a published
-    table with some groups only): a uniform sample of the table's groups. Either way a prefix of a longer draw from
-    the same generator state is the shorter draw.
+    :func:`bench.predictors.base.random_groups`: every subset available, a size uniform in [2, n], then a uniform
+    subset (the distribution ETAP's and the surrogate's training groups are drawn from); a published table with
+    some groups only, a uniform sample of the table's groups. Either way a prefix of a longer draw from the same
+    generator state is the shorter draw.
     """
     if count <= 0:
         return []
-    if _complete(problem):
-        return random_groups(problem.task_names, count, gen, min_size=2, exclude=exclude)
-    pool = _pool(problem, exclude)
-    order = gen.permutation(len(pool))
-    return [pool[i] for i in order[:count]]
+    return random_groups(problem.task_names, count, gen, min_size=2, exclude=exclude, listed=problem.listed_groups())
 
 
 def n_groups(problem: Problem) -> int:
     """How many groups of two or more tasks have a result."""
-    n = problem.n_tasks
-    return (1 << n) - n - 1 if _complete(problem) else len(_pool(problem))
+    n, listed = problem.n_tasks, problem.listed_groups()
+    return (1 << n) - n - 1 if listed is None else sum(1 for g in listed if len(g) >= 2)
 
 
 def evaluation_groups(problem: Problem, n_eval: int, seed: int, dataset: str, reserve: int = 0) -> list[Group]:
@@ -349,10 +334,10 @@ def evaluation_groups(problem: Problem, n_eval: int, seed: int, dataset: str, re
 
 def dataset_pairs(problem: Problem) -> list[Group]:
     """Every pair of tasks with a result (all pairs, or those of a published table)."""
-    pairs = all_pairs(problem.task_names)
-    if _complete(problem):
+    pairs, listed = all_pairs(problem.task_names), problem.listed_groups()
+    if listed is None:
         return pairs
-    known = set(_pool(problem))
+    known = {make_group(g) for g in listed}
     return [p for p in pairs if p in known]
 
 
@@ -486,7 +471,7 @@ def evaluate_row(ds: _Dataset, spec: TableSpec, row: RowSpec, repeat: int, *, fi
             seen.add(group)
             return truth.observe(group, fit_split)
 
-        predictor.fit(observations, Evidence(tasks, affinity, oracle), rseed)
+        predictor.fit(observations, Evidence(tasks, affinity, oracle, problem.listed_groups()), rseed)
         predict: Callable[[Group], Mapping[str, float]] = predictor.predict
     else:
         assert affinity is not None  # TAG's group score: the mean affinity onto each member from the others

@@ -8,12 +8,15 @@ the table without training. Groups absent from a table (MIMIC holds 3,185 of 2^2
 
 Without a data root, a stand-in table is generated (``data=synthetic`` in every record): planted clusters of
 tasks, the gain of a task being ``+a`` per same-cluster partner and ``-b`` per other-cluster partner, averaged over
-the partners, plus a small deterministic perturbation. With a data root that lacks the files, loading fails with
+the partners, plus a small deterministic perturbation. Where the published table lists some groups only, so does
+the stand-in (``stand_in_listed``): every singleton and pair, the all-task group and as many further random groups
+(sizes uniform in a range) as the published table has, so that methods meet the same restriction without data. With a data root that lacks the files, loading fails with
 the list of files expected and where to get them.
 """
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -82,6 +85,9 @@ class GainTableDataset(Dataset):
     val_file: ClassVar[str | None] = None  # None: the table has one value per cell, used for val and test
     task_names: ClassVar[tuple[str, ...]] = ()
     stand_in_clusters: ClassVar[tuple[int, ...]] = ()
+    stand_in_listed: ClassVar[tuple[int, int, int] | None] = None
+    """``(count, min_size, max_size)``: the stand-in lists ``count`` random groups of those sizes beside every
+    singleton, every pair and the all-task group (``None``: it lists every group)."""
     profiles = {"smoke": {}, "mini": {}, "paper": {}}
 
     def files(self, root: Path) -> list[Path]:
@@ -140,8 +146,21 @@ class GainTableDataset(Dataset):
                 out[t] = float(base + 0.02 * rng(0, self.name, t, *group).standard_normal())
             return out
 
-        identity = self.base_identity(profile, {}, "synthetic", "stand-in-1")
-        problem = TabulatedProblem(self.tasks(), "synthetic", identity, gain_fn=gain, planted_groups=planted)
+        if self.stand_in_listed is None:
+            identity = self.base_identity(profile, {}, "synthetic", "stand-in-1")
+            problem = TabulatedProblem(self.tasks(), "synthetic", identity, gain_fn=gain, planted_groups=planted)
+        else:
+            count, lo, hi = self.stand_in_listed
+            listed = {make_group((t,)) for t in names} | {make_group(p) for p in itertools.combinations(names, 2)}
+            listed.add(make_group(names))
+            gen, extra = rng(0, self.name, "listed"), set()
+            while len(extra) < count:
+                group = make_group(names[i] for i in gen.choice(len(names), int(gen.integers(lo, hi + 1)), False))
+                if group not in listed:
+                    extra.add(group)
+            table = {g: (gain(g), gain(g)) for g in sorted(listed | extra, key=lambda g: (len(g), g))}
+            identity = self.base_identity(profile, {}, "synthetic", "stand-in-listed-1")
+            problem = TabulatedProblem(self.tasks(), "synthetic", identity, table=table, planted_groups=planted)
         problem.notice = (
             f"{self.name}: no data root given, using a synthetic stand-in (data=synthetic). For the real table, "
             f"download {', '.join(p.name for p in self.files(Path('.')))} from {MTGNET_SOURCE} into "

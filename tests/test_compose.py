@@ -142,6 +142,9 @@ def test_too_many_candidates_are_refused_before_any_training(method, bound):
         def check_group(self, group):
             return make_group(group)
 
+        def listed_groups(self):
+            return None
+
     def no_training(group, seed):
         raise AssertionError(f"trained {group}")
 
@@ -233,6 +236,9 @@ class _FixedGains:
 
     def predict(self, group):
         return dict(self.gains[group])
+
+    def predict_many(self, groups):
+        return [self.predict(g) for g in groups]
 
 
 def _best_selection(candidates, tasks, k):

@@ -83,7 +83,7 @@ class AffinityPredictor(Predictor):
     defaults: dict = {}
     test_parameters: dict = {}
 
-    def training_groups(self, tasks, budget, gen) -> list[Group]:
+    def training_groups(self, tasks, budget, gen, listed=None) -> list[Group]:
         return []
 
     def _fit(self, observations: list[Observation], evidence: Evidence, seed: int) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 from math import comb
 from abc import abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -49,20 +49,28 @@ class Evidence:
     tasks: tuple[str, ...]
     affinity: Affinity | None = None
     oracle: Callable[[Group], Observation] | None = None
+    listed: Sequence[Group] | None = None
+    """The only groups the oracle can measure (:meth:`bench.dataset.Problem.listed_groups`); ``None``: every group."""
 
 
 def random_groups(tasks: Sequence[str], count: int, gen: np.random.Generator, min_size: int = 2,
-                  max_size: int | None = None, exclude: Iterable[Group] = ()) -> list[Group]:
+                  max_size: int | None = None, exclude: Iterable[Group] = (),
+                  listed: Sequence[Group] | None = None) -> list[Group]:
     """``count`` distinct groups: a size uniform in ``[min_size, max_size]``, then a uniform subset of that size.
 
-    Fewer are returned when fewer distinct groups exist.
+    With ``listed`` (a table that lists some groups only) a uniform sample of the listed groups of those sizes
+    instead. Either way fewer are returned when fewer distinct groups exist, and a prefix of a longer draw from the
+    same generator state is the shorter draw.
     """
     tasks = tuple(tasks)
     hi = len(tasks) if max_size is None else min(max_size, len(tasks))
     if not 1 <= min_size <= hi:
         raise UsageError(f"group sizes [{min_size}, {hi}] are impossible with {len(tasks)} tasks")
-    available = sum(comb(len(tasks), s) for s in range(min_size, hi + 1))
     seen = {make_group(g) for g in exclude}
+    if listed is not None:
+        pool = sorted({make_group(g) for g in listed if min_size <= len(g) <= hi} - seen, key=lambda g: (len(g), g))
+        return [pool[i] for i in gen.permutation(len(pool))[:count]]
+    available = sum(comb(len(tasks), s) for s in range(min_size, hi + 1))
     available -= sum(1 for g in seen if min_size <= len(g) <= hi)
     out: list[Group] = []
     while len(out) < min(count, available):
@@ -87,9 +95,11 @@ class Predictor(Component):
     signal: ClassVar[str | None] = None
     """The signal id a method should compute for this predictor's ``affinity`` evidence, if it needs one."""
 
-    def training_groups(self, tasks: Sequence[str], budget: int, gen: np.random.Generator) -> list[Group]:
-        """The groups to measure before :meth:`fit` (default: ``budget`` random groups of two or more tasks)."""
-        return random_groups(tasks, budget, gen)
+    def training_groups(self, tasks: Sequence[str], budget: int, gen: np.random.Generator,
+                        listed: Sequence[Group] | None = None) -> list[Group]:
+        """The groups to measure before :meth:`fit` (default: ``budget`` random groups of two or more tasks, from
+        ``listed`` when only those can be measured)."""
+        return random_groups(tasks, budget, gen, listed=listed)
 
     def fit(self, observations: Sequence[Observation], evidence: Evidence, seed: int) -> Predictor:
         """Learn from ``observations`` (state goes to attributes ending in ``_``); returns ``self``."""
@@ -111,23 +121,31 @@ class Predictor(Component):
 
     def predict(self, group: Iterable[str]) -> dict[str, float]:
         """Predicted gain of each member of ``group`` (0 for a singleton: a task alone is its STL model)."""
+        return self.predict_many([group])[0]
+
+    def _checked(self, group: Iterable[str]) -> Group:
         if not hasattr(self, "tasks_"):
             raise UsageError(f"predictor {self.id} is used before fit()")
         group = make_group(group)
         unknown = [t for t in group if t not in self.tasks_]
         if unknown:
             raise UsageError(f"unknown tasks {unknown}; the predictor was fitted on {list(self.tasks_)}")
-        if len(group) == 1:
-            return {group[0]: 0.0}
-        out = self._predict(group)
-        return {t: float(out[t]) for t in group}
+        return group
 
     @abstractmethod
     def _predict(self, group: Group) -> dict[str, float]:
         """Predicted gains of a group of two or more tasks."""
 
     def predict_many(self, groups: Iterable[Iterable[str]]) -> list[dict[str, float]]:
-        return [self.predict(g) for g in groups]
+        """:meth:`predict` for each of ``groups``; the groups of two or more tasks go to :meth:`_predict_many` in
+        one call (a network predicts them in one forward pass)."""
+        groups = [self._checked(g) for g in groups]
+        multi = [g for g in groups if len(g) > 1]
+        found = dict(zip(multi, self._predict_many(multi)))
+        return [{g[0]: 0.0} if len(g) == 1 else {t: float(found[g][t]) for t in g} for g in groups]
+
+    def _predict_many(self, groups: list[Group]) -> list[Mapping[str, float]]:
+        return [self._predict(g) for g in groups]
 
     def pairwise(self) -> np.ndarray:
         """``[i, j]``: predicted gain of task ``i`` trained with ``j`` (diagonal 0), for clustering solvers."""

@@ -111,8 +111,8 @@ class Etap(Predictor):
     parameters = {"residual": [True, False]}
     test_parameters = {"stage1_folds": 3, "stage2_folds": 3}
 
-    def training_groups(self, tasks, budget, gen) -> list[Group]:
-        return random_groups(tasks, budget, gen, min_size=2)
+    def training_groups(self, tasks, budget, gen, listed=None) -> list[Group]:
+        return random_groups(tasks, budget, gen, min_size=2, listed=listed)
 
     # -- fit -----------------------------------------------------------------------------------------------
     def _fit(self, observations: list[Observation], evidence: Evidence, seed: int) -> None:

@@ -40,7 +40,7 @@ class Hoa(Predictor):
     defaults: dict = {}
     test_parameters: dict = {}
 
-    def training_groups(self, tasks, budget, gen) -> list[Group]:
+    def training_groups(self, tasks, budget, gen, listed=None) -> list[Group]:
         return all_pairs(tasks)
 
     def _fit(self, observations: list[Observation], evidence: Evidence, seed: int) -> None:

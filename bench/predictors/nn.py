@@ -163,8 +163,8 @@ class Nn(Predictor):
                 "max_iter": 1000, "inputs": (), "pairs_from_signal": True}
     test_parameters = {"hidden": (8,), "max_iter": 50}
 
-    def training_groups(self, tasks, budget, gen) -> list[Group]:
-        return random_groups(tasks, budget, gen, min_size=3 if len(tasks) >= 3 else 2)
+    def training_groups(self, tasks, budget, gen, listed=None) -> list[Group]:
+        return random_groups(tasks, budget, gen, min_size=3 if len(tasks) >= 3 else 2, listed=listed)
 
     def _fit(self, observations: list[Observation], evidence: Evidence, seed: int) -> None:
         self.features_ = GroupFeatures(evidence.affinity, self.tasks_, self.inputs)

@@ -67,7 +67,7 @@ class QuadraticRidge(Predictor):
     parameters = {"degree": [1, 2]}
     test_parameters = {"fraction": 0.5, "folds": 3}
 
-    def training_groups(self, tasks, budget, gen) -> list[Group]:
+    def training_groups(self, tasks, budget, gen, listed=None) -> list[Group]:
         pairs = all_pairs(tasks)
         if not pairs:
             return []

@@ -46,8 +46,8 @@ class Surrogate(Predictor):
     defaults = {"alpha": 1e-2, "anchor_singleton": True}
     test_parameters: dict = {}
 
-    def training_groups(self, tasks, budget, gen) -> list[Group]:
-        return random_groups(tasks, budget, gen, min_size=2)
+    def training_groups(self, tasks, budget, gen, listed=None) -> list[Group]:
+        return random_groups(tasks, budget, gen, min_size=2, listed=listed)
 
     def _fit(self, observations: list[Observation], evidence: Evidence, seed: int) -> None:
         from sklearn.linear_model import Ridge

@@ -58,7 +58,8 @@ MAX_COUNT_STATES = 4000
 def _guard(n: int) -> None:
     if n > MAX_TASKS:
         raise BenchError(f"solver 'dp' enumerates subsets and is limited to {MAX_TASKS} tasks, got {n}; "
-                         "use a heuristic solver (beam, local_search, sdp, ...) for more tasks")
+                         "for more tasks use select_highs (exact network selection over the listed candidates) "
+                         "or a heuristic solver (beam, local_search, sdp, ...)")
 
 
 # --------------------------------------------------------------------------------------------------------------

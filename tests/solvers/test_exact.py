@@ -77,8 +77,31 @@ def select_problems(draw):
 
 @SETTINGS
 @given(select_problems())
-def test_select_dp_and_branch_and_bound_match_exhaustive(problem):
-    _same(problem, registry.create("solver", "dp"), registry.create("solver", "branch_and_bound"))
+def test_select_dp_branch_and_bound_and_milp_match_exhaustive(problem):
+    _same(problem, registry.create("solver", "dp"), registry.create("solver", "branch_and_bound"),
+          registry.create("solver", "select_highs"))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_select_milp_beyond_dp_matches_branch_and_bound(seed):
+    """20 tasks (more than ``dp`` enumerates), a listed pool as in a partial gain table: every singleton, 40 pairs,
+    20 random larger groups and the all-task group, some with half cost; the MILP equals HOA's exhaustive branch
+    and bound."""
+    gen = np.random.default_rng(seed)
+    tasks = tuple(f"t{i:02d}" for i in range(20))
+    pairs = list(itertools.combinations(tasks, 2))
+    groups = [(t,) for t in tasks] + [pairs[i] for i in gen.choice(len(pairs), 40, replace=False)]
+    groups += [tuple(sorted(gen.choice(tasks, int(gen.integers(3, 12)), replace=False))) for _ in range(20)]
+    groups.append(tasks)
+    cands = tuple(Candidate(g, {t: float(gen.normal()) + 0.3 * len(g) for t in g},
+                            0.5 if len(g) > 1 and gen.random() < 0.2 else 1.0) for g in groups)
+    for k, budget in ((2, None), (3, None), (3, 2.5)):
+        problem = SelectProblem(tasks, cands, k, budget)
+        milp_sol = registry.create("solver", "select_highs").solve(problem)
+        bb = registry.create("solver", "branch_and_bound").solve(problem)
+        assert milp_sol.status == bb.status == "optimal"
+        assert milp_sol.objective == pytest.approx(bb.objective, abs=1e-7)
+        assert len(milp_sol.groups) <= k
 
 
 @st.composite
