@@ -10,8 +10,8 @@ Without a data root, a stand-in table is generated (``data=synthetic`` in every 
 tasks, the gain of a task being ``+a`` per same-cluster partner and ``-b`` per other-cluster partner, averaged over
 the partners, plus a small deterministic perturbation. Where the published table lists some groups only, so does
 the stand-in (``stand_in_listed``): every singleton and pair, the all-task group and as many further random groups
-(sizes uniform in a range) as the published table has, so that methods meet the same restriction without data. With a data root that lacks the files, loading fails with
-the list of files expected and where to get them.
+(sizes uniform in a range) as the published table has, so that methods meet the same restriction without data.
+With a data root that lacks the files, loading fails with the list of files expected and where to get them.
 """
 
 from __future__ import annotations
