@@ -12,7 +12,9 @@ published total is below the exact optimum (Taskonomy, 4 groups: 0.833 published
 the exact value and ``bench compare`` shows the difference.
 
 It refuses (a recorded skip, not a failure) when the candidates would need more than ``max_trainings``
-trainings, or when the problem has no complete table of candidates.
+trainings. On a published table that lists some groups only, the candidates are the listed groups (MIMIC-III:
+``optimal[max_trainings=3185,solver=select_highs]``, the best selection among the published combinations; ``dp``
+enumerates subsets of at most 16 tasks).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class Optimal(Method):
             raise Unsupported(
                 f"optimal needs {count} group results for {ctx.problem.n_tasks} tasks, more than "
                 f"max_trainings={self.max_trainings}; raise it with optimal[max_trainings=N] if you mean it"
+                + (" (and solver=select_highs: dp enumerates at most 16 tasks)" if ctx.problem.n_tasks > 16 else "")
             )
         return ctx.train_many(ctx.problem.candidate_groups())
 
