@@ -286,9 +286,8 @@ class Composed(Method):
         else:
             problem = MIQPProblem(tasks, model.matrix(), n_groups, partition=self.problem == "miqp-partition")
         solution = solver.solve(problem, ctx.seed)
-        if self.serve == "predicted":
-            return Grouping.of(solution.groups, self.semantics, served_by_utility(solution.groups, problem.candidates))
-        return Grouping.of(solution.groups, self.semantics)
+        served = served_by_utility(solution.groups, problem.candidates) if self.serve == "predicted" else None
+        return Grouping.of(solution.groups, self.semantics, served, (solution.solver, solution.status))
 
     @property
     def serve_by(self) -> str:  # type: ignore[override]

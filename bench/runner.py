@@ -341,6 +341,8 @@ def run_cell(cell: Cell, settings: Settings, done: frozenset[str] = frozenset())
             n_trainings=len(consumed),
             n_trainings_solve=len(ctx.ledger) - ledger_start,
             signal_info=signal_info,
+            # the solver and its status per grouping ("feasible": stopped by its time limit, not proved optimal)
+            solved_by=[list(g.solved_by) for g in groupings if g.solved_by is not None] or None,
             cache_hits=fit_hits + trainings.hits - hits_start + eval_trainings.hits,
             wall_s=time.perf_counter() - wall0,
         )

@@ -267,6 +267,12 @@ def dataset_markdown(dataset: str, rows: list[Row], records: list[Mapping], leve
     failed = [r for r in records if r["status"] != "ok"]
     if failed:
         out += ["Not in the table (skipped or failed):", "", *_unsuccessful(failed), ""]
+    unproved = [f"- `{r['method']}`, {r['n_groups']} groups, seed {r['seed']}: {solver} stopped by its limit"
+                for r in records if r["status"] == "ok"
+                for solver, status in (r.get("solved_by") or []) if status == "feasible"]
+    if unproved:
+        out += ["In the table, but the solver did not prove optimality (a valid grouping at its time limit):", "",
+                *unproved, ""]
     if rows:
         header = ["method", "n_groups", *TIMINGS, "n_trainings"]
         body = [[r.method, "" if r.n_groups is None else str(r.n_groups),

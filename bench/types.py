@@ -113,19 +113,22 @@ class Grouping:
     ``select``: the groups may overlap and every task is served by its best chosen group (network selection);
     ``partition``: the groups are disjoint and cover every task. ``served`` (optional): the group the method itself
     chose to serve each task, ``(task, group)`` pairs in task order (MTG-Net serves a task by its highest
-    *predicted* gain); evaluation reads it under ``serve_by="predicted"``.
+    *predicted* gain); evaluation reads it under ``serve_by="predicted"``. ``solved_by`` (optional): the solver
+    that chose the groups and its status, ``optimal`` (proved), ``feasible`` (stopped by a limit, optimality not
+    proved) or ``heuristic``; the runner records it.
     """
 
     groups: tuple[Group, ...]
     semantics: Semantics = "select"
     served: tuple[tuple[str, Group], ...] | None = None
+    solved_by: tuple[str, str] | None = None
 
     @classmethod
     def of(cls, groups: Iterable[Iterable[str]], semantics: Semantics = "select",
-           served: Mapping[str, Iterable[str]] | None = None) -> Grouping:
+           served: Mapping[str, Iterable[str]] | None = None, solved_by: tuple[str, str] | None = None) -> Grouping:
         canon = sorted({make_group(g) for g in groups}, key=lambda g: (len(g), g))
         pairs = None if served is None else tuple((t, make_group(served[t])) for t in sorted(served))
-        return cls(tuple(canon), semantics, pairs)
+        return cls(tuple(canon), semantics, pairs, solved_by)
 
     def validate(self, tasks: Iterable[str], max_groups: int | None = None) -> None:
         """Raise ``ValueError`` unless this grouping covers ``tasks`` and obeys its semantics."""

@@ -28,6 +28,7 @@ def _run(method: str, tmp_path, splits=(2,)) -> list[dict]:
 def test_a_perfect_signal_recovers_the_planted_clusters_through_every_problem(plugins, tmp_path, problem, solver):
     [record] = _run(f"tag[signal=planted,problem={problem},solver={solver}]", tmp_path)
     assert sorted(record["groups"]) == [["t0", "t1"], ["t2", "t3"]]
+    assert record["solved_by"] == [[solver, "heuristic" if solver == "sdp" else "optimal"]]
     assert record["semantics"] == ("partition" if "partition" in problem else "select")
     assert record["n_trainings"] == 0  # a signal without trainings; the chosen groups are the runner's
 

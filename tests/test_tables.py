@@ -179,3 +179,12 @@ def test_many_tasks_show_only_total_in_markdown(tmp_path):
 def test_sanitise():
     assert sanitise("random[repeats=3]") == "random_repeats_3_"
     assert sanitise("a.b-c_d") == "a.b-c_d"
+
+
+def test_groupings_a_solver_did_not_prove_optimal_are_listed(tmp_path):
+    write(tmp_path, [record("hoa", 2, solved_by=[["select_highs", "optimal"]]),
+                     record("hoa", 3, solved_by=[["select_highs", "feasible"]]), record("stl", uses_splits=False)])
+    write_tables(tmp_path)
+    md = (tmp_path / "tables" / "summary.md").read_text()
+    assert "did not prove optimality" in md
+    assert "`hoa`, 3 groups, seed 0: select_highs stopped by its limit" in md and "`hoa`, 2 groups" not in md

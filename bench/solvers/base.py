@@ -497,7 +497,8 @@ class Solution:
     @property
     def grouping(self) -> Grouping:
         return Grouping.of(self.groups, "partition" if self.problem == "partition" or
-                           (self.problem == "miqp" and self.info.get("partition")) else "select")
+                           (self.problem == "miqp" and self.info.get("partition")) else "select",
+                           solved_by=(self.solver, self.status))
 
     def to_json(self) -> dict[str, Any]:
         return {
