@@ -19,8 +19,9 @@ is the selection optimum. Candidates listed twice count with their last entry, a
 returned groups are the chosen candidates that serve a task best (a chosen candidate that serves none is dropped:
 it changes neither the objective nor the constraints it satisfied).
 
-``status`` is ``optimal`` when HiGHS proves optimality and ``feasible`` when ``time_limit`` stops it with an
-incumbent; without one it raises :class:`~bench.errors.Unsupported`.
+``status`` is ``optimal`` when HiGHS proves optimality and ``feasible`` when ``time_limit`` (default 600 s) stops
+it with an incumbent; without one it raises :class:`~bench.errors.Unsupported`. HOA's 3-group selection over
+MIMIC-III's listed groups takes about 90 s to prove on 2 cores.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class SelectHighs(Solver):
     version = "1"
     problems = ("select",)
     exact = True
-    defaults = {"time_limit": 60.0}
+    defaults = {"time_limit": 600.0}
     test_parameters = {"time_limit": 30.0}
 
     def _solve(self, problem: SelectProblem, seed: int) -> Raw:
