@@ -221,3 +221,14 @@ def test_solver_refuses_other_problems():
     problem = PartitionProblem(tasks, 1, PairwiseScore(np.zeros((2, 2)), tasks))
     with pytest.raises(UsageError, match="solves select problems, not partition"):
         registry.create("solver", "branch_and_bound").solve(problem)
+
+
+def test_select_milp_counts_a_group_listed_twice_by_its_last_entry():
+    tasks = ("a", "b", "c")
+    cands = (Candidate(("a",), {"a": 0.0}), Candidate(("b",), {"b": 0.0}), Candidate(("c",), {"c": 0.0}),
+             Candidate(("a", "b"), {"a": 5.0, "b": 5.0}), Candidate(("b", "c"), {"b": 1.0, "c": 1.0}),
+             Candidate(("a", "b"), {"a": -1.0, "b": -1.0}))
+    problem = SelectProblem(tasks, cands, 2)
+    milp_sol = registry.create("solver", "select_highs").solve(problem)
+    assert milp_sol.objective == pytest.approx(EXHAUSTIVE.solve(problem).objective) == pytest.approx(2.0)
+    assert milp_sol.groups == (("a",), ("b", "c"))
