@@ -282,6 +282,11 @@ class SelectProblem:
     def max_groups(self) -> int:
         return self.n if self.k is None else min(self.k, self.n)
 
+    def infeasible(self) -> Infeasible:
+        """The error of an exact solver that proved no selection satisfies the constraints."""
+        budget = "" if self.budget is None else f" within budget {self.budget}"
+        return Infeasible(f"no selection of at most {self.max_groups} candidate groups{budget} covers every task")
+
     def objective(self, groups: Sequence[Group]) -> float:
         return select_value(self, groups)
 

@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from bench.errors import BenchError
-from bench.solvers.base import Infeasible, Raw, SelectProblem, Solver
+from bench.solvers.base import Raw, SelectProblem, Solver
 
 
 class SolverTimeout(BenchError):
@@ -83,7 +83,6 @@ class BranchAndBound(Solver):
         if best["chosen"] is None:
             if timed_out:
                 raise SolverTimeout(f"solver '{self.id}' found no covering selection within {self.time_limit} s")
-            raise Infeasible(f"no selection of at most {problem.max_groups} candidate groups within the budget "
-                             "covers every task")
+            raise problem.infeasible()
         status = "feasible" if timed_out else "optimal"
         return Raw([problem.candidates[c].group for c in best["chosen"]], status, {"nodes": nodes})

@@ -126,8 +126,7 @@ def solve_select(problem: SelectProblem) -> tuple[list[int], float, dict]:
         E[c] = best
     final = max(counts, key=lambda c: (E[c][full], -sum(c)), default=None)
     if final is None or not math.isfinite(E[final][full]):
-        raise Infeasible(f"no selection of at most {K} candidate groups"
-                         f"{'' if problem.budget is None else f' within budget {problem.budget}'} covers every task")
+        raise problem.infeasible()
     value = float(E[final][full])
     # backtrack: which class and block at each step
     chosen, mask, c = [], full, final

@@ -84,7 +84,7 @@ class Exhaustive(Solver):
                 if value > best_v + 1e-12:
                     best, best_v = combo, value
         if best is None:
-            raise Infeasible(f"no selection of at most {K} candidates within the budget covers every task")
+            raise p.infeasible()
         return Raw([c.group for c in best], "optimal")
 
     def _partition(self, p: PartitionProblem) -> Raw:

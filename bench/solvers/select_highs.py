@@ -33,13 +33,13 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_array, csr_array
 
 from bench.errors import Unsupported
-from bench.solvers.base import Infeasible, Raw, SelectProblem, Solver
+from bench.solvers.base import Raw, SelectProblem, Solver
 from bench.solvers.miqp_highs import check_time_limit, no_incumbent
 
 
 def select_model(problem: SelectProblem):
-    """``(cands, members, c, constraints, bounds, integrality)`` of the program above; variables are the ``y_c``
-    (one per distinct candidate, in ``cands`` order) followed by the ``x_tc`` (``members[e] = (c, t)``)."""
+    """``(cands, c, constraints, bounds, integrality)`` of the program above; variables are the ``y_c`` (one per
+    distinct candidate, in ``cands`` order) followed by the ``x_tc`` (each candidate's members in turn)."""
     index = {t: i for i, t in enumerate(problem.tasks)}
     cands = list({c.group: c for c in problem.candidates}.values())  # the last entry of a group counts
     members = [(ci, index[t]) for ci, cand in enumerate(cands) for t in cand.group]
@@ -58,7 +58,7 @@ def select_model(problem: SelectProblem):
         row = np.r_[[c.cost for c in cands], np.zeros(E)][None, :]
         constraints.append(LinearConstraint(row, -np.inf, problem.budget + 1e-9))
     integrality = np.r_[np.ones(C), np.zeros(E)]
-    return cands, members, cost, constraints, Bounds(0.0, 1.0), integrality
+    return cands, cost, constraints, Bounds(0.0, 1.0), integrality
 
 
 class SelectHighs(Solver):
@@ -73,19 +73,17 @@ class SelectHighs(Solver):
 
     def _solve(self, problem: SelectProblem, seed: int) -> Raw:
         time_limit = check_time_limit(self.time_limit, self.name)
-        cands, members, cost, constraints, bounds, integrality = select_model(problem)
+        cands, cost, constraints, bounds, integrality = select_model(problem)
         res = milp(cost, constraints=constraints, bounds=bounds, integrality=integrality,
                    options={"time_limit": time_limit, "mip_rel_gap": 0.0, "disp": False})
         if res.status == 2:
-            raise Infeasible(f"no selection of at most {problem.max_groups} candidate groups"
-                             f"{'' if problem.budget is None else f' within budget {problem.budget}'} covers "
-                             f"every task")
+            raise problem.infeasible()
         if res.x is None:
             if res.status == 1:
                 raise no_incumbent(self.name, time_limit)
             raise Unsupported(f"HiGHS stopped without a solution: {res.message}")
         chosen = [i for i in range(len(cands)) if res.x[i] > 0.5]
-        best: dict[int, tuple[float, int]] = {}
+        best: dict[str, tuple[float, int]] = {}
         for rank, i in enumerate(chosen):  # each task's best chosen candidate (first in list order on ties)
             for t in cands[i].group:
                 u = cands[i].utility[t]
