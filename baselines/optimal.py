@@ -19,7 +19,6 @@ enumerates subsets of at most 16 tasks).
 
 from __future__ import annotations
 
-from bench import registry
 from bench.errors import Unsupported, UsageError
 from bench.method import Context, Method
 from bench.selection import candidates
@@ -51,7 +50,7 @@ class Optimal(Method):
 
     def solve(self, results, n_groups: int, ctx: Context) -> Grouping:
         problem = SelectProblem(ctx.tasks, tuple(candidates(results, ctx.problem.tasks, self.select_on)), n_groups)
-        solver = registry.create("solver", self.solver)
+        solver = ctx.create("solver", self.solver)
         if not solver.exact:
             raise UsageError(f"optimal needs an exact solver, '{self.solver}' is a heuristic")
         return solver.solve(problem, ctx.seed).grouping

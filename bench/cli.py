@@ -404,7 +404,7 @@ def _cmd_perf(args) -> int:
 def _cmd_affinity(args) -> int:
     from bench.trainer import resolve_device
 
-    signal = registry.create("signal", args.signal)
+    signal = registry.create("signal", args.signal).at_profile(args.profile)
     dataset = registry.create("dataset", args.dataset)
     seed = _int(args.seed, "seed")
     resolve_device(args.device)

@@ -95,6 +95,11 @@ class Component:
     Subclasses declare ``name`` (equal to their file stem), ``version`` (bump it when results change: it feeds
     the cache keys), ``defaults`` (every parameter and its default), a ``parameters`` grid for sweeps and small
     ``test_parameters`` for the conformance tests. ``__init__`` only stores parameters; learned state ends in ``_``.
+
+    ``profile_defaults`` maps a run profile (``smoke``, ``mini``, ``paper``) to the defaults it changes: sizes,
+    iteration counts, epochs and time limits, never the algorithm (DESIGN "Profiles"). :meth:`at_profile` applies
+    them to the parameters not given explicitly; a method's parts get them through :meth:`bench.method.Context.create`,
+    and the record names the parts with the values they ran with.
     """
 
     name: ClassVar[str] = ""
@@ -103,6 +108,7 @@ class Component:
     defaults: ClassVar[dict[str, Any]] = {}
     parameters: ClassVar[dict[str, list]] = {}
     test_parameters: ClassVar[dict[str, Any]] = {}
+    profile_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, **params: Any) -> None:
         for key in params:
@@ -112,6 +118,19 @@ class Component:
         for key, value in params.items():
             merged[key] = self._coerce(key, value)
         self.params: dict[str, Any] = merged
+        self.given: frozenset[str] = frozenset(params)
+        """The parameters given explicitly (a profile does not change them)."""
+
+    def at_profile(self, profile: str | None) -> Component:
+        """This component with the defaults of ``profile`` (:attr:`profile_defaults`) for the parameters not given
+        explicitly; itself when the profile changes nothing."""
+        given = getattr(self, "given", frozenset())
+        changes = {k: v for k, v in self.profile_defaults.get(profile or "", {}).items() if k not in given}
+        if not changes:
+            return self
+        clone = type(self)(**{k: self.params[k] for k in given}, **changes)
+        clone.given = given
+        return clone
 
     def _coerce(self, key: str, value: Any) -> Any:
         default = self.defaults[key]
@@ -138,8 +157,12 @@ class Component:
         return make_id(self.name, changed)
 
     def identity(self) -> dict[str, Any]:
-        """Everything about this component that determines its results (for cache keys)."""
-        return {"kind": self.kind, "name": self.name, "version": self.version, "params": dict(self.params)}
+        """Everything about this component that determines its results (for cache keys); with the profiles'
+        defaults where it has any (a run key also holds the profile)."""
+        out = {"kind": self.kind, "name": self.name, "version": self.version, "params": dict(self.params)}
+        if self.profile_defaults:
+            out["profile_defaults"] = {p: dict(v) for p, v in self.profile_defaults.items()}
+        return out
 
     def __repr__(self) -> str:
         return f"<{self.kind} {self.id}>"

@@ -246,12 +246,12 @@ class Composed(Method):
             self._sizes(len(ctx.tasks), self.predictor is not None, ctx.problem.listed_groups())
         if self.signal is None:
             return None
-        return ctx.signal(registry.create("signal", self.signal))
+        return ctx.signal(ctx.create("signal", self.signal))
 
     def fit(self, affinity: Affinity | None, ctx: Context) -> Fitted:
-        predictor = self.make_predictor()
-        if predictor is None:
+        if self.predictor is None:
             return Fitted(affinity, None)
+        predictor = ctx.create("predictor", self.predictor)
         tasks = ctx.problem.tasks
         stl = {g[0]: r for g, r in ctx.train_many((t,) for t in ctx.tasks).items()}
 
@@ -269,7 +269,7 @@ class Composed(Method):
         return Fitted(affinity, predictor, observations, {t.name: gain_unit(t, stl[t.name].val[t.name]) for t in tasks})
 
     def solve(self, model: Fitted, n_groups: int, ctx: Context) -> Grouping | Sequence[Grouping]:
-        solver = registry.create("solver", self.solver)
+        solver = ctx.create("solver", self.solver)
         tasks = ctx.tasks
         if self.problem == "select":
             candidates = self.candidates(model, tasks, ctx.problem.listed_groups())

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from bench import registry
 from bench.component import Component
 from bench.dataset import Problem
 from bench.seeding import rng
@@ -61,9 +62,24 @@ class Context:
         self._signals = signals
         self.ledger: list[Training] = []
 
+        self.parts: dict[str, str] = {}
+        """The id of each part :meth:`create` made, by kind, with the values it runs with (for the record)."""
+
     @property
     def tasks(self) -> tuple[str, ...]:
         return self.problem.task_names
+
+    @property
+    def profile(self) -> str | None:
+        """The run profile the problem was loaded with (``None`` for a problem built without one)."""
+        return self.problem.identity.get("profile")
+
+    def create(self, kind: str, text: str) -> Any:
+        """The component ``text`` of ``kind`` (signal, predictor, solver) with this run's profile defaults
+        (:meth:`bench.component.Component.at_profile`)."""
+        component = registry.create(kind, text).at_profile(self.profile)
+        self.parts[kind] = component.id
+        return component
 
     def train(self, group: Iterable[str], seed: int | None = None) -> GroupResult:
         group = self.problem.check_group(group)

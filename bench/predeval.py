@@ -410,7 +410,7 @@ class _Dataset:
             try:
                 from bench.method import Context
 
-                signal = registry.create("signal", signal_id)
+                signal = registry.create("signal", signal_id).at_profile(self.problem.identity.get("profile"))
                 # through the runner's signal cache: a suite run with this seed and this evaluation share it
                 ctx = Context(self.problem, seed, self.truth.result, self.device)
                 self.affinities[key] = self.truth.trainings.signal(signal, ctx)
@@ -441,7 +441,8 @@ def evaluate_row(ds: _Dataset, spec: TableSpec, row: RowSpec, repeat: int, *, fi
     tasks = problem.task_names
     rseed = repeat_seed(ds.seed, repeat)
     notes: list[str] = []
-    predictor = registry.create("predictor", row.predictor) if row.predictor is not None else None
+    profile = problem.identity.get("profile")
+    predictor = registry.create("predictor", row.predictor).at_profile(profile) if row.predictor is not None else None
     affinity = ds.affinity(row.signal, rseed) if row.signal is not None else None
     if predictor is None and affinity is None:
         raise UsageError(f"row {row.method} names neither a signal nor a predictor")

@@ -284,6 +284,8 @@ def run_cell(cell: Cell, settings: Settings, done: frozenset[str] = frozenset())
 
     def finish(k, **fields):
         record = _base_record(cell, method, problem, settings, k, keys[k])
+        # the signal, predictor and solver ids with the values they ran with (profile defaults included)
+        record["parts"] = dict(ctx.parts) or None
         record.update(fields)
         records.append(record)
 

@@ -192,3 +192,17 @@ def test_a_broken_plugin_names_its_file(tmp_path, monkeypatch):
     finally:
         monkeypatch.delenv("BENCH_PLUGIN_PATH")
         registry.reload()
+
+
+def test_profile_defaults_change_only_the_parameters_not_given():
+    mtg = registry.create("predictor", "mtg_net")
+    smoke = mtg.at_profile("smoke")
+    assert smoke.active_budget == 4 and smoke.max_epochs == 100 and smoke.hidden == mtg.hidden
+    assert smoke.id == "mtg_net[active_budget=4,max_epochs=100]"  # the record names what ran
+    assert mtg.at_profile("mini") is mtg and mtg.at_profile(None) is mtg
+    given = registry.create("predictor", "mtg_net[max_epochs=7]").at_profile("smoke")
+    assert given.max_epochs == 7 and given.active_budget == 4
+    assert given.at_profile("smoke").params == given.params  # idempotent: what was given stays given
+    # the profiles' defaults are part of the identity, so changing them changes the cache and run keys
+    assert mtg.identity()["profile_defaults"] == {"smoke": {"active_budget": 4, "max_epochs": 100}}
+    assert "profile_defaults" not in registry.create("solver", "dp").identity()

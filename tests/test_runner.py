@@ -261,3 +261,16 @@ def test_records_carry_the_extra_metrics_of_the_serving_groups(tmp_path):
     assert stl["extra_per_task"]["auc"]["f01"] == pytest.approx(alone.extra["test"]["auc"]["f01"])
     assert stl["per_task"]["f01"] == pytest.approx(alone.test["f01"])
     assert all(v is None or 0.0 <= v <= 100.0 for v in mtl["extra_per_task"]["auc"].values())
+
+
+def test_records_name_the_parts_with_the_profiles_values(tmp_path):
+    """mtg_net on the smoke profile runs the predictor's smoke budget, and the record says so."""
+    run_suite(["taskonomy"], ["mtg_net", "tag_mp"], [2], [0], _settings(tmp_path), show_progress=False)
+    by = _by_key(read_records(tmp_path / "out"))
+    assert by[("taskonomy", "mtg_net", 2, 0)]["parts"] == {
+        "predictor": "mtg_net[active_budget=4,max_epochs=100]", "solver": "beam"}
+    assert by[("taskonomy", "tag_mp", 2, 0)]["status"] == "skipped"  # a lookup table has no training to observe
+    mini = Settings(str(tmp_path / "mini"), str(tmp_path / "cache"), profile="mini")
+    run_suite(["taskonomy"], ['mtg_net[predictor="mtg_net[active_budget=2]"]'], [2], [0], mini, show_progress=False)
+    (record,) = read_records(tmp_path / "mini")
+    assert record["parts"] == {"predictor": "mtg_net[active_budget=2]", "solver": "beam"}

@@ -140,6 +140,9 @@ class MtgNet(Predictor):
     defaults = {"hidden": 64, "layers": 2, "step": 2, "active_budget": None, "max_epochs": 2000, "patience": 5,
                 "ensemble": 2, "pool_size": 2000}
     test_parameters = {"hidden": 8, "layers": 1, "active_budget": 2, "max_epochs": 15, "pool_size": 40}
+    # smoke: two active iterations of at most 100 epochs (the default budget on MIMIC-III's 27 tasks is 351 oracle
+    # calls of up to 2000 epochs each, hours on a CPU)
+    profile_defaults = {"smoke": {"active_budget": 4, "max_epochs": 100}}
 
     def training_groups(self, tasks, budget, gen, listed=None) -> list[Group]:
         return [make_group(tasks)] if len(tasks) >= 2 else []

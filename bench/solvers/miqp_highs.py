@@ -314,6 +314,7 @@ class MiqpHighs(Solver):
     problems = ("miqp",)
     exact = True
     defaults = {"time_limit": 60.0}
+    profile_defaults = {"smoke": {"time_limit": 10.0}}
     test_parameters = {"time_limit": 30.0}
 
     def _solve(self, problem: MIQPProblem, seed: int) -> Raw:

@@ -69,6 +69,7 @@ class SelectHighs(Solver):
     problems = ("select",)
     exact = True
     defaults = {"time_limit": 600.0}
+    profile_defaults = {"smoke": {"time_limit": 30.0}}
     test_parameters = {"time_limit": 30.0}
 
     def _solve(self, problem: SelectProblem, seed: int) -> Raw:
