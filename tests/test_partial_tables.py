@@ -12,6 +12,8 @@ import pytest
 from bench import registry
 from bench.predictors.base import random_groups
 from bench.runner import Cell, Settings, load_problem, run_cell
+from bench.selection import candidates
+from bench.solvers.base import SelectProblem
 
 PARTIAL = '''
 """A 9-task gain table listing its singletons, pairs, the all-task group and 12 groups of 3 to 6 tasks."""
@@ -33,6 +35,9 @@ def partial(tmp_path, monkeypatch):
     root = tmp_path / "plugins"
     (root / "datasets").mkdir(parents=True)
     (root / "datasets" / "partial_tab.py").write_text(textwrap.dedent(PARTIAL))
+    wide = PARTIAL.replace("partial_tab", "partial_tab18").replace("range(9)", "range(18)").replace("(3, 3, 3)",
+                                                                                                  "(6, 6, 6)")
+    (root / "datasets" / "partial_tab18.py").write_text(textwrap.dedent(wide))
     monkeypatch.setenv("BENCH_PLUGIN_PATH", str(root))
     registry.reload()
     yield load_problem("partial_tab", "smoke", None)
@@ -81,3 +86,21 @@ def test_random_partitions_are_skipped_with_the_reason(partial, tmp_path):
     records = run_cell(Cell("partial_tab", "random", 0, (3,)), settings)
     assert {r["status"] for r in records} == {"skipped"}
     assert "is not in the published table" in records[0]["reason"]
+
+
+def test_optimal_on_a_table_is_not_limited_by_max_trainings_and_is_exact_beyond_16_tasks(partial, tmp_path):
+    """A table's lookups are not trainings; on 18 tasks the default exact solver is select_highs (dp enumerates at
+    most 16), and its optimum equals exhaustive enumeration over the listed groups."""
+    settings = Settings(str(tmp_path / "out"), str(tmp_path / "cache"), profile="smoke")
+    (record,) = run_cell(Cell("partial_tab18", "optimal[max_trainings=10]", 0, (2,)), settings)
+    assert record["status"] == "ok", record
+    assert record["solved_by"] == [["select_highs[time_limit=30.0]", "optimal"]]
+    problem = load_problem("partial_tab18", "smoke", None)
+    results = {g: problem.train(g, 0) for g in problem.listed_groups()}
+    select = SelectProblem(problem.task_names, tuple(candidates(results, problem.tasks, "test")), 2)
+    best = registry.create("solver", "exhaustive").solve(select, 0)
+    chosen = [tuple(g) for g in record["groups"]]
+    assert select.objective(chosen) == pytest.approx(best.objective, abs=1e-9)
+    # a dataset that trains its groups is limited
+    (skipped,) = run_cell(Cell("synthetic[clusters=[2,2]]", "optimal[max_trainings=10]", 0, (2,)), settings)
+    assert skipped["status"] == "skipped" and "max_trainings=10" in skipped["reason"]
