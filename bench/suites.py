@@ -44,7 +44,7 @@ SUITES: dict[str, Suite] = {
     s.name: s
     for s in (
         Suite("all", "every registered dataset x every method and baseline, splits 2-4, seeds 0-2, mini profile"),
-        Suite("smoke", "a seconds-long check: every dataset and method on the smoke profile, one seed",
+        Suite("smoke", "a minutes-long check: every dataset and method on the smoke profile, one seed",
               splits=(2, 3), seeds=(0,), profile="smoke"),
         Suite("taskonomy", "transfer-gain-mip Table 2: Taskonomy gain table, splits 2-4",
               datasets=("taskonomy",), seeds=(0, 1, 2)),
