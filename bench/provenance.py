@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import platform
 import subprocess
-from functools import lru_cache
 from importlib import metadata
 
 from bench import __version__
@@ -21,8 +20,24 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-@lru_cache(maxsize=None)
+_PINNED: dict[str, dict] = {}
+
+
+def pin(device: str, facts: dict | None = None) -> dict:
+    """Fix this process's provenance for ``device`` now (``facts``: as its parent process measured them), so that a
+    run spanning a commit or an edit records the code it started with, not the code at its first record."""
+    _PINNED[device] = dict(facts) if facts is not None else _measure(device)
+    return _PINNED[device]
+
+
 def provenance(device: str) -> dict:
+    """The provenance of this process's records: pinned by :func:`pin`, else measured once."""
+    if device not in _PINNED:
+        _PINNED[device] = _measure(device)
+    return _PINNED[device]
+
+
+def _measure(device: str) -> dict:
     versions = {}
     for name in PACKAGES:
         try:

@@ -41,7 +41,7 @@ from bench.errors import BenchError, Unsupported, UsageError
 from bench.heap import keep_freed_memory
 from bench.method import Context, Method
 from bench.progress import progress
-from bench.provenance import provenance
+from bench.provenance import pin, provenance
 from bench.selection import evaluate, mean_defined
 from bench.types import Group, GroupResult, Grouping
 
@@ -369,9 +369,10 @@ def _error_fields(exc: Exception) -> dict:
 # ------------------------------------------------------------------------------------------------ the suite
 
 
-def _worker_init(threads: int) -> None:
+def _worker_init(threads: int, facts: dict, device: str) -> None:
     import torch
 
+    pin(device, facts)  # the parent's provenance, taken when the suite started
     os.environ["BENCH_NO_PROGRESS"] = "1"
     torch.set_num_threads(threads)
     keep_freed_memory()  # the parent's heap settings (mallopt is per process)
@@ -399,6 +400,7 @@ def run_suite(datasets: Sequence[str], methods: Sequence[str], splits: Sequence[
               settings: Settings, jobs: int = 1, show_progress: bool | None = None,
               notify: Callable[[str], None] | None = None) -> Summary:
     """Run every cell of the grid; ``notify`` receives the datasets' notices before any work starts."""
+    facts = pin(settings.device)  # the code as it is when the suite starts
     for notice in validate(datasets, methods, settings):
         if notify is not None:
             notify(notice)
@@ -425,7 +427,7 @@ def run_suite(datasets: Sequence[str], methods: Sequence[str], splits: Sequence[
     else:
         threads = max(1, (os.cpu_count() or 1) // jobs)
         with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_worker_init,
-                                 initargs=(threads,)) as pool:
+                                 initargs=(threads, facts, settings.device)) as pool:
             pending = {pool.submit(run_cell, cell, settings, done) for cell in cells}
             try:
                 while pending:

@@ -32,7 +32,7 @@ from bench.cache import ResultCache
 from bench.dataset import Problem
 from bench.errors import UsageError
 from bench.gains import task_gain
-from bench.provenance import provenance
+from bench.provenance import pin, provenance
 from bench.selection import mean_defined
 from bench.tables import RECORDS_FILE, markdown_table
 from bench.types import Group, GroupResult, group_label
@@ -179,6 +179,7 @@ def run_sweep(problem: Problem, dataset_id: str, sizes: Sequence[int | str], see
     with the records already there) under ``out``."""
     from bench.runner import _Trainings
 
+    pin(device)  # the records name the code the sweep started with
     groups = sweep_groups(problem, sizes)
     out.mkdir(parents=True, exist_ok=True)
     trainings = _Trainings(problem, ResultCache(cache_dir), device)

@@ -274,3 +274,22 @@ def test_records_name_the_parts_with_the_profiles_values(tmp_path):
     run_suite(["taskonomy"], ['mtg_net[predictor="mtg_net[active_budget=2]"]'], [2], [0], mini, show_progress=False)
     (record,) = read_records(tmp_path / "mini")
     assert record["parts"] == {"predictor": "mtg_net[active_budget=2]", "solver": "beam"}
+
+
+def test_records_name_the_code_the_suite_started_with(tmp_path, monkeypatch):
+    """A commit made while a suite runs does not reach its records: provenance is taken when the suite starts."""
+    import bench.provenance
+    import bench.runner
+
+    state = {"sha": "at-start"}
+    monkeypatch.setattr(bench.provenance, "_PINNED", {})  # restored afterwards, with the real provenance
+    monkeypatch.setattr(bench.provenance, "_measure", lambda device: {"git_sha": state["sha"], "device": device})
+    original = bench.runner.run_cell
+
+    def commit_then_run(*args, **kwargs):
+        state["sha"] = "committed-later"
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(bench.runner, "run_cell", commit_then_run)
+    run_suite([SYN], ["stl", "naive_mtl"], [2], [0], _settings(tmp_path), show_progress=False)
+    assert {r["provenance"]["git_sha"] for r in read_records(tmp_path / "out")} == {"at-start"}
