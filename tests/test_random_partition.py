@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import itertools
 
 import numpy as np
 import pytest
@@ -116,3 +117,53 @@ def test_stirling2_known_values(n, k, value):
 def test_stirling2_sums_to_bell_numbers():
     bell = [1, 1, 2, 5, 15, 52, 203, 877, 4140]
     assert [sum(stirling2(n, k) for k in range(n + 1)) for n in range(9)] == bell
+
+
+# ------------------------------------------------------------------ draw=groups: MTG-Net's random baseline
+
+
+def _covers(problem, k, repeats, seed=0, **params):
+    from bench import registry
+    from bench.method import Context
+
+    method = registry.create("baseline", "random").__class__(draw="groups", repeats=repeats, **params)
+    ctx = Context(problem, seed, trainer=None)
+    return method.covers(ctx, k, np.random.default_rng(seed))
+
+
+def test_random_groups_are_uniform_over_the_covers_of_k_distinct_groups():
+    """Three tasks, k = 2: every pair of distinct non-empty subsets that covers the tasks is equally likely."""
+    from bench.runner import load_problem
+
+    problem = load_problem("synthetic[clusters=[3]]", "smoke", None)
+    draws = _covers(problem, 2, 3000)
+    counts = collections.Counter(frozenset(g) for g in draws)
+    subsets = [tuple(t for i, t in enumerate(problem.task_names) if m >> i & 1) for m in range(1, 8)]
+    expected = {frozenset((a, b)) for a, b in itertools.combinations(subsets, 2)
+                if set(a) | set(b) == set(problem.task_names)}
+    assert set(counts) == expected and len(expected) == 12  # 6 with the whole set, 6 without
+    assert chisquare(list(counts.values())).pvalue > 1e-3
+
+
+def test_random_groups_of_a_partial_table_are_listed_and_cover(tmp_path):
+    from bench.runner import Cell, Settings, load_problem, run_cell
+
+    problem = load_problem("mimic27_tab", "smoke", None)
+    listed = set(problem.listed_groups())
+    for groups in _covers(problem, 2, 20):
+        assert len(set(groups)) == 2 and set(groups) <= listed
+        assert set().union(*groups) == set(problem.task_names)
+    settings = Settings(str(tmp_path / "out"), str(tmp_path / "cache"), profile="smoke")
+    records = run_cell(Cell("mimic27_tab", "random[draw=groups]", 0, (2, 3)), settings)
+    assert [r["status"] for r in records] == ["ok", "ok"] and records[0]["semantics"] == "select"
+    # the default (partitions) is a skip there: a partition's groups are mostly not listed
+    (skipped,) = run_cell(Cell("mimic27_tab", "random", 0, (3,)), settings)
+    assert skipped["status"] == "skipped"
+
+
+def test_random_groups_give_up_after_max_draws():
+    from bench.runner import load_problem
+
+    problem = load_problem("synthetic[clusters=[10,10,10,10]]", "smoke", None)
+    with pytest.raises(Unsupported, match="in 50 draws"):
+        _covers(problem, 2, 1, max_draws=50)
