@@ -204,5 +204,6 @@ def test_profile_defaults_change_only_the_parameters_not_given():
     assert given.max_epochs == 7 and given.active_budget == 4
     assert given.at_profile("smoke").params == given.params  # idempotent: what was given stays given
     # the profiles' defaults are part of the identity, so changing them changes the cache and run keys
-    assert mtg.identity()["profile_defaults"] == {"smoke": {"active_budget": 4, "max_epochs": 100}}
+    assert mtg.identity()["profile_defaults"]["smoke"] == {"active_budget": 4, "max_epochs": 100}
+    assert mtg.at_profile("paper").max_epochs == 10000  # the reference's cap
     assert "profile_defaults" not in registry.create("solver", "dp").identity()
