@@ -61,7 +61,6 @@ class Context:
         self._trainer = trainer
         self._signals = signals
         self.ledger: list[Training] = []
-
         self.parts: dict[str, str] = {}
         """The id of each part :meth:`create` made, by kind, with the values it runs with (for the record)."""
 
