@@ -156,6 +156,14 @@ def test_random_groups_of_a_partial_table_are_listed_and_cover(tmp_path):
     settings = Settings(str(tmp_path / "out"), str(tmp_path / "cache"), profile="smoke")
     records = run_cell(Cell("mimic27_tab", "random[draw=groups]", 0, (2, 3)), settings)
     assert [r["status"] for r in records] == ["ok", "ok"] and records[0]["semantics"] == "select"
+    # every cover is in the record, each group a bitmask over the record's tasks
+    from bench.runner import mask_group
+
+    for record in records:
+        covers = [[tuple(mask_group(m, record["tasks"])) for m in cover] for cover in record["grouping_masks"]]
+        assert len(covers) == len(record["grouping_totals"]) == 10
+        assert [list(g) for g in covers[0]] == record["groups"]
+        assert all(set(cover) <= listed and set().union(*cover) == set(problem.task_names) for cover in covers)
     # the default (partitions) is a skip there: a partition's groups are mostly not listed
     (skipped,) = run_cell(Cell("mimic27_tab", "random", 0, (3,)), settings)
     assert skipped["status"] == "skipped"
