@@ -65,7 +65,9 @@ The helpers below (index maps, the rows on ``X`` shared with Gurobi, model sizes
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from itertools import combinations
+from typing import Any
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
@@ -197,6 +199,22 @@ def check_time_limit(value: float, solver: str) -> float:
     return float(value)
 
 
+def milp_zero_gap(c, constraints, bounds, integrality, time_limit: float, solver: str,
+                  infeasible: Callable[[], Exception], **options: Any):
+    """``scipy.optimize.milp`` (HiGHS) at zero relative gap within ``time_limit``; the result has a solution
+    (``status`` 0: proved optimal, 1: the time limit's incumbent). Raises ``infeasible()`` when HiGHS proves the
+    model infeasible, :func:`no_incumbent` when the limit leaves no solution, ``Unsupported`` on any other stop."""
+    res = milp(c, constraints=constraints, bounds=bounds, integrality=integrality,
+               options={"time_limit": time_limit, "mip_rel_gap": 0.0, "disp": False, **options})
+    if res.status == 2:
+        raise infeasible()
+    if res.x is None:
+        if res.status == 1:
+            raise no_incumbent(solver, time_limit)
+        raise Unsupported(f"HiGHS stopped without a solution: {res.message}")
+    return res
+
+
 # --------------------------------------------------------------------------------------------------------------
 # the linear model
 
@@ -287,14 +305,8 @@ def solve_highs(problem: MIQPProblem, time_limit: float, solver: str = "miqp_hig
     c, constraint, bounds, integrality = linear_model(problem)
     # presolve off: HiGHS's presolve (scipy 1.17) returned a wrong "optimal" answer on this model (a 2-task
     # instance pinned in tests/solvers/test_miqp_models.py); without it the time is about the same.
-    res = milp(c, constraints=constraint, bounds=bounds, integrality=integrality,
-               options={"time_limit": time_limit, "mip_rel_gap": 0.0, "disp": False, "presolve": False})
-    if res.status == 2:
-        raise infeasible(problem)
-    if res.x is None:
-        if res.status == 1:
-            raise no_incumbent(solver, time_limit)
-        raise Unsupported(f"HiGHS stopped without a solution: {res.message}")
+    res = milp_zero_gap(c, constraint, bounds, integrality, time_limit, solver, lambda: infeasible(problem),
+                        presolve=False)
     info = {"backend": "highs", "variables": len(c), "constraints": constraint.A.shape[0],
             "model_objective": float(-res.fun), "bound": float(-getattr(res, "mip_dual_bound", res.fun)),
             "nodes": int(getattr(res, "mip_node_count", 0))}

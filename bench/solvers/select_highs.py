@@ -29,12 +29,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.optimize import Bounds, LinearConstraint, milp
+from scipy.optimize import Bounds, LinearConstraint
 from scipy.sparse import coo_array, csr_array
 
-from bench.errors import Unsupported
 from bench.solvers.base import Raw, SelectProblem, Solver
-from bench.solvers.miqp_highs import check_time_limit, no_incumbent
+from bench.solvers.miqp_highs import check_time_limit, milp_zero_gap
 
 
 def select_model(problem: SelectProblem):
@@ -75,14 +74,7 @@ class SelectHighs(Solver):
     def _solve(self, problem: SelectProblem, seed: int) -> Raw:
         time_limit = check_time_limit(self.time_limit, self.name)
         cands, cost, constraints, bounds, integrality = select_model(problem)
-        res = milp(cost, constraints=constraints, bounds=bounds, integrality=integrality,
-                   options={"time_limit": time_limit, "mip_rel_gap": 0.0, "disp": False})
-        if res.status == 2:
-            raise problem.infeasible()
-        if res.x is None:
-            if res.status == 1:
-                raise no_incumbent(self.name, time_limit)
-            raise Unsupported(f"HiGHS stopped without a solution: {res.message}")
+        res = milp_zero_gap(cost, constraints, bounds, integrality, time_limit, self.name, problem.infeasible)
         chosen = [i for i in range(len(cands)) if res.x[i] > 0.5]
         best: dict[str, tuple[float, int]] = {}
         for rank, i in enumerate(chosen):  # each task's best chosen candidate (first in list order on ties)
