@@ -60,7 +60,7 @@ from bench import registry
 from bench.errors import Unsupported, UsageError
 from bench.gains import Observation, gain_unit, observe
 from bench.method import Context, Method
-from bench.predictors.base import Evidence, Predictor
+from bench.predictors.base import Evidence, Predictor, listed_pool
 from bench.signals.base import Affinity
 from bench.solvers.base import (
     CallableScore,
@@ -325,8 +325,8 @@ class Composed(Method):
             groups = [make_group(tasks[i] for i in g)
                       for g in beam_pool(np.asarray(model.matrix(), dtype=np.float64), lo, hi, self.pool_size)]
             groups = groups if known is None else [g for g in groups if g in known]
-        elif known is not None:
-            groups = sorted((g for g in known if lo <= len(g) <= hi), key=lambda g: (len(g), g))
+        elif listed is not None:
+            groups = listed_pool(listed, lo, hi)
         else:
             groups = [make_group(c) for s in range(lo, hi + 1) for c in itertools.combinations(tasks, s)]
         if model.predictor is not None:

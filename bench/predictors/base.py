@@ -53,6 +53,15 @@ class Evidence:
     """The only groups the oracle can measure (:meth:`bench.dataset.Problem.listed_groups`); ``None``: every group."""
 
 
+def listed_pool(listed: Iterable[Iterable[str]], min_size: int, max_size: int,
+                exclude: Iterable[Group] = ()) -> list[Group]:
+    """The distinct ``listed`` groups of ``min_size .. max_size`` tasks not in ``exclude``, canonical and in size then
+    lexicographic order: what a table that lists some groups only offers to draw or enumerate."""
+    seen = {make_group(g) for g in exclude}
+    groups = {make_group(g) for g in listed}
+    return sorted((g for g in groups if min_size <= len(g) <= max_size and g not in seen), key=lambda g: (len(g), g))
+
+
 def random_groups(tasks: Sequence[str], count: int, gen: np.random.Generator, min_size: int = 2,
                   max_size: int | None = None, exclude: Iterable[Group] = (),
                   listed: Sequence[Group] | None = None) -> list[Group]:
@@ -68,7 +77,7 @@ def random_groups(tasks: Sequence[str], count: int, gen: np.random.Generator, mi
         raise UsageError(f"group sizes [{min_size}, {hi}] are impossible with {len(tasks)} tasks")
     seen = {make_group(g) for g in exclude}
     if listed is not None:
-        pool = sorted({make_group(g) for g in listed if min_size <= len(g) <= hi} - seen, key=lambda g: (len(g), g))
+        pool = listed_pool(listed, min_size, hi, seen)
         return [pool[i] for i in gen.permutation(len(pool))[:count]]
     available = sum(comb(len(tasks), s) for s in range(min_size, hi + 1))
     available -= sum(1 for g in seen if min_size <= len(g) <= hi)

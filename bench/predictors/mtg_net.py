@@ -62,7 +62,7 @@ from torch import nn
 
 from bench.errors import UsageError
 from bench.gains import Observation
-from bench.predictors.base import Evidence, Predictor, random_groups
+from bench.predictors.base import Evidence, Predictor, listed_pool, random_groups
 from bench.seeding import derive_seed, rng
 from bench.types import Group, make_group
 
@@ -164,7 +164,7 @@ class MtgNet(Predictor):
     def _pool(self, measured: set[Group], seed: int, listed=None) -> list[Group]:
         n = len(self.tasks_)
         if listed is not None:
-            return sorted({make_group(g) for g in listed if len(g) >= 2} - measured, key=lambda g: (len(g), g))
+            return listed_pool(listed, 2, n, measured)
         if n <= FULL_POOL_MAX_TASKS:
             pool = (make_group(g) for size in range(2, n + 1) for g in itertools.combinations(self.tasks_, size))
             return [g for g in pool if g not in measured]
