@@ -42,6 +42,9 @@ Grouping problems (parameter ``problem``):
     transfer-gain-mip Formulation 8 with ``S`` the affinity (or the predictor's pairwise matrix) and ``m = k``
     labelled groups; overlapping groups, or the partition variant.
 
+``max_size`` bounds the groups of every problem: network selection's candidates, a partition's groups (solvers
+that cannot bound sizes, the clustering ones, refuse it) and Formulation 8's ``m2`` (Section 5.3: ``X' 1 <= m2``).
+
 The groups so chosen are trained and scored by the runner (each task served by its best chosen group on
 validation).
 """
@@ -221,6 +224,9 @@ class Composed(Method):
                              f"its only group)")
         if self.pool not in POOLS:
             raise UsageError(f"{self.id}: pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
+        if self.max_size is not None and (isinstance(self.max_size, bool) or not isinstance(self.max_size, int)
+                                          or self.max_size < 1):
+            raise UsageError(f"{self.id}: max_size must be a positive number of tasks, got {self.max_size!r}")
         if not isinstance(self.pool_size, int) or self.pool_size < 1:
             raise UsageError(f"{self.id}: pool_size must be a positive number of groups, got {self.pool_size!r}")
         if self.score not in ("pairwise", "predicted"):
@@ -282,9 +288,10 @@ class Composed(Method):
                 score: Any = CallableScore(lambda g: sum(predictor.predict(g).values()), tasks)
             else:
                 score = PairwiseScore(model.matrix(), tasks)
-            problem = PartitionProblem(tasks, n_groups, score)
+            problem = PartitionProblem(tasks, n_groups, score, max_size=self._max_size(len(tasks)))
         else:
-            problem = MIQPProblem(tasks, model.matrix(), n_groups, partition=self.problem == "miqp-partition")
+            problem = MIQPProblem(tasks, model.matrix(), n_groups, max_size=self._max_size(len(tasks)),
+                                  partition=self.problem == "miqp-partition")
         solution = solver.solve(problem, ctx.seed)
         served = served_by_utility(solution.groups, problem.candidates) if self.serve == "predicted" else None
         return Grouping.of(solution.groups, self.semantics, served, (solution.solver, solution.status))
@@ -295,10 +302,13 @@ class Composed(Method):
 
     # ------------------------------------------------------------------------------------------- candidates
 
+    def _max_size(self, n: int) -> int | None:
+        return None if self.max_size is None else min(int(self.max_size), n)
+
     def _sizes(self, n: int, predicted: bool, listed: Sequence[Group] | None = None) -> tuple[int, int]:
         """The candidates' sizes ``lo .. hi`` for ``n`` tasks; :class:`Unsupported` above :data:`MAX_CANDIDATES` in
         the ``all`` pool."""
-        hi = n if self.max_size is None else min(int(self.max_size), n)
+        hi = self._max_size(n) or n
         lo = 1 if predicted or self.singletons != "forbid" else 2
         if listed is not None:
             count = sum(1 for g in listed if lo <= len(g) <= hi)

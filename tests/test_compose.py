@@ -33,6 +33,19 @@ def test_a_perfect_signal_recovers_the_planted_clusters_through_every_problem(pl
     assert record["n_trainings"] == 0  # a signal without trainings; the chosen groups are the runner's
 
 
+@pytest.mark.parametrize("problem", ["partition", "miqp", "miqp-partition"])
+def test_max_size_bounds_the_groups_of_every_problem(plugins, tmp_path, problem):
+    """Planted clusters of 3 and 1 tasks: unbounded, a group of 3 or more is chosen; with ``max_size=2`` two pairs."""
+    def run(method, where):
+        settings = Settings(str(tmp_path / where), str(tmp_path / "cache"), profile="smoke")
+        [record] = run_cell(Cell("synthetic[clusters=[3,1],noise=0.3]", method, 0, (2,)), settings)
+        assert record["status"] == "ok", record
+        return sorted(len(g) for g in record["groups"])
+
+    assert max(run(f"tag[signal=planted,problem={problem},solver=dp]", "free")) >= 3
+    assert run(f"tag[signal=planted,problem={problem},solver=dp,max_size=2]", "bounded") == [2, 2]
+
+
 def test_a_predictor_composition_counts_its_trainings(plugins, tmp_path):
     [record] = _run("surrogate[predictor=pair_mean,selection=network]", tmp_path)
     assert record["n_trainings"] == 4 + 6  # single-task models + every pair
@@ -54,6 +67,8 @@ def test_candidates_score_members_by_the_tag_aggregation():
 
 
 def test_bad_compositions_fail_with_clear_errors(plugins):
+    with pytest.raises(UsageError, match="max_size must be a positive"):
+        registry.create_method("tag[signal=planted,max_size=0]").check()
     with pytest.raises(UsageError, match="solves partition"):
         registry.create_method("sca[problem=select]").check()
     with pytest.raises(UsageError, match="problem must be one of"):

@@ -14,13 +14,22 @@ At an observed step ``t`` with batch ``X``, for tasks ``i != j``:
   losses in ``after_step``, reading the heads from the updated model: the optimiser's own arithmetic, at no cost.
 
 ``matrix[j, i] = S[i -> j]`` (row = recipient ``j``, the convention of every signal), averaged over the steps that
-observed the pair (Eq. 7, the cumulative transfer gain). **Diagonal**: 0, which is Eq. 4 with ``A = {j}``
-(``phi_{A u {j}} = phi_{j}``); it is not a measurement.
+observed the pair (Eq. 7, the cumulative transfer gain).
 
-Cost (Section 4.3, Appendix E): the ``n(n-1)/2`` pair steps and ``n`` single steps share the per-task gradients
-(one batched backward: ``n - 1`` extra backward passes); the ``n(n+1)/2`` parameter sets are evaluated in one
-batched call (counted as ``n(n+1)/2`` extra forward passes; ``S[i -> j]`` and ``S[j -> i]`` come from the same
-pair set: the paper counts ``n^2 + n`` loss evaluations).
+**Diagonal** (``diagonal``): ``doubled`` (default) measures ``S[j -> j] = 1 - L_j(phi_{j,j}) / L_j(phi_j)`` with
+``phi_{j,j}`` the virtual step on ``L_j + L_j`` (gradient ``2 g_j``): the "doubled single" ``(j, j)`` of the
+reference code (``combinations_with_replacement`` of order 2), which the paper's cost model counts (Appendix E.1:
+``n(n+1)/2 + n`` updates, ``n^2 + n`` losses) and which its Figure 5 shows (the largest entry of nearly every row,
+Section C.8); Eq. 8's objective adds it to every group's score, so a group of one task scores ``S[j -> j]``, not 0.
+The head in the numerator is ``theta_j^{t+1}`` as in every entry of Eq. 3 (the reference's CelebA code also doubles
+the head's step; Eq. 3 does not). Under Adam the doubled step differs from the single step only through the
+optimiser's moments, so the first step's diagonal is 0. ``zero`` sets the diagonal to 0 (Eq. 4 with ``A = {j}``:
+``phi_{A u {j}} = phi_j``) and evaluates no doubled sets.
+
+Cost (Section 4.3, Appendix E): the ``n(n-1)/2`` pair steps, ``n`` single steps and ``n`` doubled steps share the
+per-task gradients (one batched backward: ``n - 1`` extra backward passes); the ``n(n+3)/2`` parameter sets
+(``n(n+1)/2`` with ``diagonal=zero``) are evaluated in one batched call (counted as that many extra forward passes;
+``S[i -> j]`` and ``S[j -> i]`` come from the same pair set: the paper counts ``n^2 + n`` loss evaluations).
 
 Where the heads stack (:class:`bench.signals._lookahead.StackedHeads`), a set evaluates only its members' heads
 and losses; on per-task inputs it also encodes only their samples: a pair's set 2 of the n tasks' batches, a
@@ -32,8 +41,9 @@ Efficiency options (Section 4.3 and Appendix E):
 
 - ``sample``: at each observed step draw ``T ~ Unif{1, ..., n}`` and a uniformly random subset of ``T`` tasks
   (from a private generator seeded by the signal's seed, ``bench.seeding.rng(seed, "transfer_gain")``); only the
-  pairs inside the subset are evaluated (``T(T+1)/2`` parameter sets); ``T = 1`` observes nothing that step (no
-  per-task gradients are asked for, so it costs nothing). Entries are averaged over the steps that observed them.
+  pairs inside the subset are evaluated (``T(T+3)/2`` parameter sets: ``T`` singles, ``T`` doubled, ``T(T-1)/2``
+  pairs; in expectation ``(n+1)(n+5)/6`` updates, Appendix E.2). ``T = 1`` observes only that task's diagonal
+  (nothing with ``diagonal=zero``: then no per-task gradients are asked for, so it costs nothing). Entries are averaged over the steps that observed them.
 - ``every`` (lazy collection): observe one step in ``every``.
 
 Ambiguities resolved here: ``L_j`` is the training loss on the step's batch in train mode (the paper allows a
@@ -47,15 +57,22 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from bench.errors import UsageError
 from bench.seeding import rng
 from bench.signals._lookahead import GradientCallback, virtual_parameters
 from bench.signals.base import TrainingSignal
 from bench.types import make_group
 
 
+DIAGONALS = ("doubled", "zero")
+
+
 class TransferGainCallback(GradientCallback):
-    def __init__(self, tasks, every: int = 1, sample: bool = False, seed: int = 0) -> None:
+    def __init__(self, tasks, every: int = 1, sample: bool = False, seed: int = 0, diagonal: str = "doubled") -> None:
         super().__init__(tasks, every)
+        if diagonal not in DIAGONALS:
+            raise UsageError(f"transfer_gain: diagonal must be one of {DIAGONALS}, got {diagonal!r}")
+        self.doubled = diagonal == "doubled"
         self.sample = sample
         self.seed = seed
         self.gen = rng(seed, "transfer_gain")
@@ -86,23 +103,27 @@ class TransferGainCallback(GradientCallback):
 
     def prepare(self, ctx):
         """``(members, first, second, shared)``: this step's subset, its pairs and the ``(P, ...)`` virtual
-        shared parameters of the singles then the pairs; ``None`` when the subset has no pair."""
+        shared parameters of the singles, the doubled singles (``diagonal=doubled``) then the pairs; ``None`` when
+        the subset measures nothing (one task and ``diagonal=zero``)."""
         n = len(ctx.group)
         members = self.subset(n)
         size = len(members)
-        if size < 2:
+        if size < (1 if self.doubled else 2):
             return None
         _, flat = self.gradients(ctx)
         src, dst = np.triu_indices(size, k=1)
         first, second = members[src], members[dst]  # every unordered pair of the subset
-        # the sets' gradients g_j, then g_i + g_j, as one product with a 0/1 matrix (exact: sums of two rows)
-        pick = np.zeros((size + len(first), n))
+        # the sets' gradients g_j, [2 g_j,] then g_i + g_j, as one product with a 0/1/2 matrix (exact)
+        doubled = size if self.doubled else 0
+        pick = np.zeros((size + doubled + len(first), n))
         pick[np.arange(size), members] = 1.0
-        pick[size + np.arange(len(first)), first] = 1.0
-        pick[size + np.arange(len(first)), second] = 1.0
+        pick[size + np.arange(doubled), members[:doubled]] = 2.0
+        rows = size + doubled + np.arange(len(first))
+        pick[rows, first] = 1.0
+        pick[rows, second] = 1.0
         sets = torch.as_tensor(pick, dtype=flat.dtype, device=flat.device) @ flat
         shared = self.shared.unflatten(virtual_parameters(ctx, self.shared, sets))
-        self.extra_forward += size + len(first)
+        self.extra_forward += len(pick)
         self.pairs_evaluated += len(first)
         return members, first, second, shared
 
@@ -111,42 +132,53 @@ class TransferGainCallback(GradientCallback):
         members, first, second, shared = self.pending
         self.pending = None
         n, size = len(ctx.group), len(members)
+        doubled = size if self.doubled else 0
         own = self.member_losses(ctx, shared, members, first, second)
         if own is not None:  # only the members' losses; on per-task inputs only their samples are encoded
-            alone, on_first, on_second = own
+            alone, twice, on_first, on_second = own
         else:  # every set evaluates every task's loss
             after = self.lookahead.losses(ctx, shared).cpu().numpy().astype(np.float64)  # (P, n)
-            rows = size + np.arange(len(first))
+            rows = size + doubled + np.arange(len(first))
             alone, on_first, on_second = after[np.arange(size), members], after[rows, first], after[rows, second]
+            twice = after[size + np.arange(doubled), members[:doubled]]
         per_task = len({id(x) for x in ctx.batch.inputs.values()}) > 1
+        sets = size + doubled + len(first)
         # whole batches encoded: a set its whole batch on shared inputs, or its two members' samples
-        self.forward_batches += (size + len(first)) * (2 / n if per_task and own is not None else 1)
+        self.forward_batches += sets * (2 / n if per_task and own is not None else 1)
+        bad = {ctx.group[j]: float(v) for j, v in zip(members, alone) if not (np.isfinite(v) and v > 0)}
+        if bad:
+            raise UsageError(f"transfer_gain: at step {ctx.step} the loss after the task's own virtual step is "
+                             f"{bad}; Eq. 3 divides by it, so it must be positive and finite (a loss that reaches "
+                             "exactly 0 has no transfer gain)")
         base = np.zeros(n)
         base[members] = alone  # L_j(phi_j, theta_j') for j in the subset
         out = np.full((n, n), np.nan)
-        out[members, members] = 0.0
+        out[members, members] = 1.0 - twice / alone if self.doubled else 0.0  # S[j -> j]
         out[second, first] = 1.0 - on_second / base[second]  # S[i -> j]
         out[first, second] = 1.0 - on_first / base[first]  # S[j -> i]
         return out
 
     def member_losses(self, ctx, shared, members, first, second):
-        """``(alone, on_first, on_second)`` from sets that evaluate only their members' losses: ``alone[k]`` =
-        ``L_j(phi_j)`` for ``j = members[k]``; ``on_first[p]`` / ``on_second[p]`` = the pair's two losses under
-        ``phi_{i,j}``; ``None`` where the lookahead cannot restrict a set to its members (heads that do not
-        stack)."""
+        """``(alone, twice, on_first, on_second)`` from sets that evaluate only their members' losses:
+        ``alone[k]`` = ``L_j(phi_j)`` and ``twice[k]`` = ``L_j(phi_{j,j})`` for ``j = members[k]`` (empty with
+        ``diagonal=zero``); ``on_first[p]`` / ``on_second[p]`` = the pair's two losses under ``phi_{i,j}``; ``None``
+        where the lookahead cannot restrict a set to its members (heads that do not stack)."""
         size = len(members)
+        solo = size * (2 if self.doubled else 1)
         device = next(iter(shared.values())).device
-        # one call for all sets: a single {j} is the "pair" (j, j), of which only the first loss is read (its
-        # second copy of j's samples costs less than a second call)
-        sets = np.concatenate([np.stack([members, members], axis=1), np.stack([first, second], axis=1)])
+        # one call for all sets: a single {j} (and a doubled one) is the "pair" (j, j), of which only the first
+        # loss is read (its second copy of j's samples costs less than a second call)
+        ones = np.stack([members, members], axis=1)
+        sets = np.concatenate([ones] * (solo // size) + [np.stack([first, second], axis=1)])
         losses = self.lookahead.member_losses(ctx, shared, None, torch.as_tensor(sets, device=device))
         if losses is None:
             return None
         losses = losses.cpu().numpy().astype(np.float64)
-        return losses[:size, 0], losses[size:, 0], losses[size:, 1]
+        return losses[:size, 0], losses[size:solo, 0], losses[solo:, 0], losses[solo:, 1]
 
     def info(self):
-        return {**super().info(), "sample": self.sample, "pairs_evaluated": self.pairs_evaluated,
+        return {**super().info(), "sample": self.sample, "diagonal": "doubled" if self.doubled else "zero",
+                "pairs_evaluated": self.pairs_evaluated,
                 "extra_forward_batches": self.forward_batches}
 
 
@@ -154,13 +186,20 @@ class TransferGain(TrainingSignal):
     """Transfer gain of Definition 3 with optional sampling and lazy collection (see the module docstring)."""
 
     name = "transfer_gain"
-    version = "1"
-    defaults = {"every": 1, "sample": False}
-    parameters = {"every": [1, 10], "sample": [False, True]}
+    version = "2"
+    defaults = {"every": 1, "sample": False, "diagonal": "doubled"}
+    parameters = {"every": [1, 10], "sample": [False, True], "diagonal": list(DIAGONALS)}
     test_parameters = {"every": 1, "sample": False}
 
     def callback(self, problem, seed):
-        return TransferGainCallback(make_group(problem.task_names), self.every, self.sample, seed)
+        return TransferGainCallback(make_group(problem.task_names), self.every, self.sample, seed, self.diagonal)
 
     def finish(self, callback):
-        return callback.matrix(default_diagonal=0.0)
+        """A diagonal entry no step observed (sampling) is an error like any other entry; ``zero``: 0."""
+        if not callback.doubled:
+            return callback.matrix(default_diagonal=0.0)
+        unseen = [t for t, c in zip(callback.tasks, np.diag(callback.count)) if c == 0]
+        if unseen:
+            raise UsageError(f"transfer_gain: no step observed the diagonal of {unseen[:6]}; train longer or lower "
+                             "'every'")
+        return callback.matrix()

@@ -193,7 +193,8 @@ def reference_cs(ctx) -> np.ndarray:
     return out
 
 
-def reference_transfer_gain(ctx, members=None) -> np.ndarray:
+def reference_transfer_gain(ctx, members=None, diagonal="doubled") -> np.ndarray:
+    """Eq. 3 for every ordered pair of ``members``; the diagonal from the step on ``L_j + L_j`` (or 0)."""
     shared, heads = _independent_gradients(ctx)
     n = len(ctx.group)
     members = range(n) if members is None else members
@@ -203,7 +204,7 @@ def reference_transfer_gain(ctx, members=None) -> np.ndarray:
         alone = _losses(_stepped(ctx, shared[recipient], {recipient: heads[recipient]}), ctx)[j]
         out[j, j] = 0.0
         for i in members:
-            if i == j:
+            if i == j and diagonal == "zero":
                 continue
             source = ctx.group[i]
             both = [a + b for a, b in zip(shared[source], shared[recipient])]
@@ -213,8 +214,10 @@ def reference_transfer_gain(ctx, members=None) -> np.ndarray:
 
 
 REFERENCES = {"tag": reference_tag, "cs": reference_cs, "transfer_gain": reference_transfer_gain,
+              "transfer_gain[diagonal=zero]": lambda ctx: reference_transfer_gain(ctx, diagonal="zero"),
               "etap": reference_etap, "etap[update=optimizer]": reference_etap_optimizer}
 CALLBACKS = {"tag": TagCallback, "cs": CosineCallback, "transfer_gain": TransferGainCallback, "etap": EtapCallback,
+             "transfer_gain[diagonal=zero]": lambda tasks: TransferGainCallback(tasks, diagonal="zero"),
              "etap[update=optimizer]": lambda tasks: EtapCallback(tasks, update="optimizer")}
 
 
@@ -609,14 +612,17 @@ def test_signal_equals_slow_reference(name, optimizer, layout, batch_norm):
 def test_compute_reorders_to_the_problem_and_counts_passes():
     problem = tiny_problem("shared", "sgd")
     n, steps = 3, 6
-    for name, forward in (("tag", n), ("cs", 0), ("etap", 0), ("transfer_gain", n * (n + 1) // 2)):
+    for name, forward in (("tag", n), ("cs", 0), ("etap", 0), ("transfer_gain", n * (n + 3) // 2),
+                          ("transfer_gain[diagonal=zero]", n * (n + 1) // 2)):
         affinity = registry.create("signal", name).compute(problem, seed=0)
         assert affinity.tasks == TASKS3 and affinity.matrix.shape == (3, 3)
         assert affinity.info["steps"] == steps
         assert affinity.info["extra_backward"] == (n - 1) * steps
         assert affinity.info["extra_forward"] == forward * steps
     assert np.allclose(np.diag(registry.create("signal", "cs").compute(problem, 0).matrix), 1.0)
-    assert np.allclose(np.diag(registry.create("signal", "transfer_gain").compute(problem, 0).matrix), 0.0)
+    assert np.allclose(np.diag(registry.create("signal", "transfer_gain[diagonal=zero]").compute(problem, 0).matrix), 0)
+    measured = np.diag(registry.create("signal", "transfer_gain").compute(problem, 0).matrix)
+    assert np.all(np.isfinite(measured)) and np.all(measured != 0)  # the doubled step (SGD: twice the step)
 
 
 # --------------------------------------------------------------------------------------------------- ETAP
@@ -715,12 +721,13 @@ def _sampled_problem():
     return problem
 
 
-def test_sampling_is_deterministic_and_averages_over_observing_steps():
+@pytest.mark.parametrize("diagonal", ["doubled", "zero"])
+def test_sampling_is_deterministic_and_averages_over_observing_steps(diagonal):
     problem = _sampled_problem()
     names = tuple(sorted(problem.task_names))
     runs = []
     for seed in (4, 4, 5):
-        cb = Recording(names, sample=True, seed=seed)
+        cb = Recording(names, sample=True, seed=seed, diagonal=diagonal)
         problem.train(problem.task_names, seed=0, callbacks=[cb])
         runs.append(cb)
     first, again, other = runs
@@ -728,13 +735,14 @@ def test_sampling_is_deterministic_and_averages_over_observing_steps():
     np.testing.assert_array_equal(first.matrix(0.0), again.matrix(0.0))
     sizes = [len(s) for s in first.subsets]
     assert set(sizes) == set(range(1, len(names) + 1))  # T ~ Unif{1..n}
-    assert first.steps == sum(s >= 2 for s in sizes) == len(first.matrices)  # T = 1 observes nothing
+    smallest, per_task_sets = (1, 3) if diagonal == "doubled" else (2, 1)  # T = 1 observes a diagonal or nothing
+    assert first.steps == sum(s >= smallest for s in sizes) == len(first.matrices)
     assert first.extra_backward == (len(names) - 1) * first.steps
-    assert first.extra_forward == sum(s * (s + 1) // 2 for s in sizes if s >= 2)
+    assert first.extra_forward == sum(s * (s + per_task_sets) // 2 for s in sizes if s >= smallest)
     stack = np.array(first.matrices)
     counts = (~np.isnan(stack)).sum(0)
     np.testing.assert_array_equal(first.count, counts)
-    for s, m in zip([s for s in first.subsets if len(s) >= 2], first.matrices):  # only pairs inside the subset
+    for s, m in zip([s for s in first.subsets if len(s) >= smallest], first.matrices):  # only the subset's pairs
         inside = np.zeros_like(m, dtype=bool)
         inside[np.ix_(s, s)] = True
         assert np.array_equal(~np.isnan(m), inside)
@@ -752,16 +760,13 @@ def test_sampled_step_matches_the_reference_on_its_subset():
         members = cb.subset(3)
         cb.gen.bit_generator.state = state  # the callback draws the same subset next
         subsets.append(tuple(members))
-        return reference_transfer_gain(ctx, members) if len(members) >= 2 else None
+        return reference_transfer_gain(ctx, members)  # T = 1: that task's diagonal
 
     compare = Compare(cb, reference, steps=range(9))
     problem.train(TASKS3, seed=0, callbacks=[compare])
-    assert any(len(s) >= 2 for s in subsets)
+    assert any(len(s) >= 2 for s in subsets) and any(len(s) == 1 for s in subsets)
     for _, got, want in compare.pairs:
-        if want is None:
-            assert got is None
-        else:
-            np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-9)
 
 
 @pytest.mark.parametrize("name", SIGNALS)
@@ -940,3 +945,16 @@ def test_the_epochs_early_stopping_waited_through_are_dropped(make, stops):
     assert len(kept) < len(seen) if stops else len(kept) == len(seen)
     np.testing.assert_allclose(cb.matrix(), np.mean(kept, axis=0), rtol=1e-12, atol=1e-14)
     assert cb.steps == len(kept) and cb.info()["dropped_epochs"] == (1 if stops else 0)
+
+
+def test_a_loss_of_zero_is_a_clear_error_not_an_unobserved_pair():
+    """Eq. 3 divides by ``L_j(phi_j)``: a loss of exactly 0 (0/0 would read as "not observed") is named."""
+
+    class ZeroLoss(TransferGainCallback):
+        def member_losses(self, ctx, shared, members, first, second):
+            alone, *rest = super().member_losses(ctx, shared, members, first, second)
+            return (np.where(members == 1, 0.0, alone), *rest)
+
+    problem = tiny_problem("shared", "sgd", batch_norm=False)
+    with pytest.raises(UsageError, match=r"at step 0 .*\{'b': 0.0\}.*must be positive"):
+        problem.train(TASKS3, seed=0, callbacks=[ZeroLoss(TASKS3)])
