@@ -43,7 +43,8 @@ Efficiency options (Section 4.3 and Appendix E):
   (from a private generator seeded by the signal's seed, ``bench.seeding.rng(seed, "transfer_gain")``); only the
   pairs inside the subset are evaluated (``T(T+3)/2`` parameter sets: ``T`` singles, ``T`` doubled, ``T(T-1)/2``
   pairs; in expectation ``(n+1)(n+5)/6`` updates, Appendix E.2). ``T = 1`` observes only that task's diagonal
-  (nothing with ``diagonal=zero``: then no per-task gradients are asked for, so it costs nothing). Entries are averaged over the steps that observed them.
+  (nothing with ``diagonal=zero``: then no per-task gradients are asked for, so it costs nothing). Entries are
+  averaged over the steps that observed them.
 - ``every`` (lazy collection): observe one step in ``every``.
 
 Ambiguities resolved here: ``L_j`` is the training loss on the step's batch in train mode (the paper allows a

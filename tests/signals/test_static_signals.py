@@ -228,6 +228,27 @@ def _v_mean_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean([np.linalg.norm(x - y) for x in a for y in b]))
 
 
+def _u_mean_distance(a: np.ndarray) -> float:
+    """The mean distance of two distinct samples of one task."""
+    return float(np.mean([np.linalg.norm(a[r] - a[c]) for r in range(len(a)) for c in range(len(a)) if r != c]))
+
+
+def _tie_shared_cross_link(a: np.ndarray, b: np.ndarray, k: int) -> float:
+    """Eq. 13 by enumeration: each point's k edges go to the strictly closer points, and the remaining edges are
+    shared equally by the points tied at the k-th distance."""
+    pooled = np.concatenate([a, b])
+    owner = np.repeat([0, 1], [len(a), len(b)])
+    total = 0.0
+    for p in range(len(pooled)):
+        dist = {q: float(np.linalg.norm(pooled[p] - pooled[q])) for q in range(len(pooled)) if q != p}
+        kth = sorted(dist.values())[k - 1]
+        closer = [q for q, v in dist.items() if v < kth]
+        tied = [q for q, v in dist.items() if v == kth]
+        total += sum(owner[q] != owner[p] for q in closer)
+        total += (k - len(closer)) / len(tied) * sum(owner[q] != owner[p] for q in tied)
+    return total / (len(pooled) * k)
+
+
 def test_divergence_features_match_explicit_loops():
     problem = mlp_problem(sizes=(9, 5, 7), dim=3)
     affinity = Divergence(max_samples=1000, k=3, pca_components=2).compute(problem, seed=0)
@@ -236,11 +257,11 @@ def test_divergence_features_match_explicit_loops():
     xs = [torch.cat([data.train.inputs[t], data.test.inputs[t]]).double().numpy() for t in tasks]
     f = affinity.features
     n = len(tasks)
-    d = np.array([_v_mean_distance(x, x) for x in xs])
+    d = np.array([_u_mean_distance(x) for x in xs])
     for i, j in itertools.product(range(n), repeat=2):
         a, b = xs[i], xs[j]
         size_i, size_j = len(a), len(b)
-        cross = _v_mean_distance(a, b)
+        cross = d[i] if i == j else _v_mean_distance(a, b)  # a task against itself: its distinct pairs
         assert f["data_size"][i, j] == size_i + size_j
         assert f["data_ratio"][i, j] == pytest.approx(size_i / (size_i + size_j))
         assert f["size_gap"][i, j] == pytest.approx(abs(size_i - size_j) / (size_i + size_j))
@@ -276,15 +297,58 @@ def test_divergence_features_match_explicit_loops():
     np.testing.assert_allclose(affinity.task_features["label_std"], [y.std() for y in labels])
 
 
-def test_divergence_energy_distance_matches_scipy_in_one_dimension():
+def test_divergence_energy_distance_is_scipys_with_the_within_task_means_unbiased():
+    """scipy's estimator includes the self-pairs (``d^V = d^U (N - 1) / N``), so ours, with the U-statistic
+    within each task, is ``scipy**2 - d_i / N_i - d_j / N_j``."""
     problem = mlp_problem(sizes=(15, 4, 11), dim=1)
     affinity = Divergence(max_samples=1000).compute(problem, seed=0)
     data = problem.task_data
     xs = [torch.cat([data.train.inputs[t], data.test.inputs[t]]).double().numpy().ravel()
           for t in problem.task_names]
+    d = affinity.task_features["intra_distance"]
     for i, j in itertools.product(range(3), repeat=2):
         expected = scipy.stats.energy_distance(xs[i], xs[j]) ** 2
+        if i != j:
+            expected -= d[i] / len(xs[i]) + d[j] / len(xs[j])
         assert affinity.features["energy_distance"][i, j] == pytest.approx(expected, abs=1e-10)
+
+
+def test_divergence_energy_distance_does_not_grow_with_a_size_gap():
+    """Two samples of one distribution, 22 and 251 points: the V-statistic gave 0.37 against 0.06 for 251 and 251;
+    the U-statistic keeps the pair of unequal sizes near 0 and well below a real shift."""
+    from bench.signals.divergence import mean_distances
+
+    gen = np.random.default_rng(0)
+
+    def energy(a, b):
+        d = mean_distances([a, b])
+        return 2 * d[0, 1] - d[0, 0] - d[1, 1]
+
+    same = [energy(gen.standard_normal((22, 27)), gen.standard_normal((251, 27))) for _ in range(20)]
+    shifted = [energy(gen.standard_normal((251, 27)), gen.standard_normal((251, 27)) + 0.1) for _ in range(20)]
+    assert abs(np.mean(same)) < 0.5 * np.mean(shifted)  # V-statistic: 0.33 against 0.1
+
+
+def test_cross_link_shares_ties_and_is_symmetric_in_the_two_tasks():
+    from bench.signals.divergence import cross_link
+
+    gen = np.random.default_rng(3)
+    a, b = (gen.random((30, 6)) > 0.5).astype(float), (gen.random((25, 6)) > 0.6).astype(float)
+    for k in (1, 3, 5):
+        assert cross_link(a, b, k) == pytest.approx(cross_link(b, a, k), abs=1e-12)
+        assert cross_link(a, b, k) == pytest.approx(_tie_shared_cross_link(a, b, k), abs=1e-12)
+
+
+def test_pca_alignment_of_a_pair_does_not_depend_on_a_third_small_task():
+    from bench.signals.divergence import pca_alignment
+
+    gen = np.random.default_rng(4)
+    a, b = gen.standard_normal((100, 6)), gen.standard_normal((100, 6))
+    alone = pca_alignment([a, b], 5)
+    with_small = pca_alignment([a, b, gen.standard_normal((1, 6)), gen.standard_normal((2, 6))], 5)
+    np.testing.assert_allclose(with_small[:2, :2], alone)
+    assert with_small[2, 0] == 0 and with_small[2, 2] == 0  # one sample: no direction
+    assert alone[0, 0] == pytest.approx(1.0) and with_small[3, 3] == pytest.approx(1.0)
 
 
 def test_divergence_subsample_is_capped_and_seeded():
