@@ -52,12 +52,13 @@ def test_an_unknown_objective_is_refused():
 
 class _Recorder:
     def __init__(self):
-        self.fits = []
+        self.fits, self.predicted = [], []
 
     def fit(self, groups, values):
         self.fits.append(dict(zip(groups, values)))
 
     def predict(self, groups):
+        self.predicted.append(list(groups))
         return np.full(len(groups), 0.5)
 
 
@@ -72,3 +73,8 @@ def test_the_predictor_learns_relative_gains_first_on_groups_of_three_or_more():
     wrapped.fit([("a",), ("a", "b"), ("a", "b", "c")], [0.0, 2.0, 4.2])
     assert inner.fits[1] == {("a",): 0.0, ("a", "b"): pytest.approx(0.1), ("a", "b", "c"): pytest.approx(0.2)}
     assert wrapped.predict([("a", "b"), ("a", "b", "c")]).tolist() == [10.0, 10.5]
+    # a singleton is worth 0 by definition (its own single-task model): never asked of the inner predictor
+    inner.predicted = []
+    assert wrapped.predict([("a",), ("a", "b"), ("c",)]).tolist() == [0.0, 10.0, 0.0]
+    assert inner.predicted == [[("a", "b")]]
+    assert wrapped.predict([("b",)]).tolist() == [0.0] and inner.predicted == [[("a", "b")]]
