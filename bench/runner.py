@@ -10,8 +10,8 @@ Timing (only the runner times): ``t_signal_s``, ``t_fit_s`` and ``t_solve_s`` ar
 phase at their **originally measured** time, whether they were trained now or found in the cache, so a table's
 timings do not depend on what the cache held (``wall_s`` is what this run really spent). ``n_trainings`` counts
 the distinct ground-truth trainings the method consumed for that split count (its signal and fit, shared by every
-split count, and that split count's own solve: the same whichever other split counts ran in the cell);
-``cache_hits`` how many of those phases' trainings and of the chosen groups' were hits.
+split count, and that split count's own solve: the same whichever other split counts ran in the cell),
+``n_trainings_solve`` those of the solve that the signal and the fit had not consumed; ``cache_hits`` how many of those phases' trainings and of the chosen groups' were hits.
 
 Resumable: a record is appended (and synced) as soon as its cell finishes; on start, finished records are read
 back (a truncated last line from a kill is dropped) and their runs are not redone. Group trainings are cached as
@@ -318,7 +318,8 @@ def run_cell(cell: Cell, settings: Settings, done: frozenset[str] = frozenset())
         except Exception as exc:  # noqa: BLE001
             finish(k, **_error_fields(exc))
             continue
-        consumed = {(t.group, t.seed) for t in ctx.ledger[:fit_end] + ctx.ledger[ledger_start:]}
+        shared = {(t.group, t.seed) for t in ctx.ledger[:fit_end]}
+        consumed = shared | {(t.group, t.seed) for t in ctx.ledger[ledger_start:]}
         per_task = {t: float(np.mean([e.per_task[t] for e in evaluations])) for t in problem.task_names}
         per_task_val = {t: float(np.mean([e.per_task_val[t] for e in evaluations])) for t in problem.task_names}
         extra = {m: {t: mean_defined([e.extra[m][t] for e in evaluations]) for t in problem.task_names}
@@ -344,7 +345,7 @@ def run_cell(cell: Cell, settings: Settings, done: frozenset[str] = frozenset())
             t_solve_s=t_solve,
             t_train_s=eval_trainings.cost,
             n_trainings=len(consumed),
-            n_trainings_solve=len(ctx.ledger) - ledger_start,
+            n_trainings_solve=len(consumed - shared),  # distinct, beyond those the signal and the fit consumed
             signal_info=signal_info,
             # the solver and its status per grouping ("feasible": stopped by its time limit, not proved optimal)
             solved_by=[list(g.solved_by) for g in groupings if g.solved_by is not None] or None,
