@@ -88,14 +88,16 @@ def relabel(labels) -> np.ndarray:
     return order[inverse.reshape(-1)]
 
 
-def exactly_k(labels, k: int, D: np.ndarray) -> tuple[np.ndarray, int]:
+def exactly_k(labels, k: int, D: np.ndarray, avoid_singletons: bool = False) -> tuple[np.ndarray, int]:
     """Repair a labelling to exactly ``k`` non-empty clusters; returns the labels and the number of repairs.
 
     While there are too few clusters the largest one (first on ties) is split in two: its two members farthest
     apart under ``D`` seed the halves and every other member joins the nearer seed (the first on ties), so both
-    halves are non-empty even when all members coincide. While there are too many, the two clusters with the
-    smallest average distance are merged (average linkage). Deterministic; ``D`` is any symmetric dissimilarity
-    (``max(A) - A``, or Euclidean distances in an embedding).
+    halves are non-empty even when all members coincide. With ``avoid_singletons``, a split of four or more
+    members that leaves a seed alone gives it the other half's member nearest to it (the farthest member is often
+    the one task a singleton refinement has just merged, which the split would otherwise cut off again). While
+    there are too many, the two clusters with the smallest average distance are merged (average linkage).
+    Deterministic; ``D`` is any symmetric dissimilarity (``max(A) - A``, or Euclidean distances in an embedding).
     """
     labels = relabel(labels)
     repairs = 0
@@ -108,6 +110,11 @@ def exactly_k(labels, k: int, D: np.ndarray) -> tuple[np.ndarray, int]:
             a, b = 0, 1
         to_b = sub[:, b] < sub[:, a]
         to_b[a], to_b[b] = False, True
+        if avoid_singletons and len(members) >= 4:
+            for seed, side in ((a, ~to_b), (b, to_b)):
+                if side.sum() == 1:  # the seed alone: its nearest member of the other half joins it
+                    other = np.flatnonzero(~side)
+                    to_b[other[np.argmin(sub[seed, other])]] = seed == b
         labels[members[to_b]] = labels.max() + 1
         repairs += 1
     while labels.max() + 1 > k:

@@ -210,3 +210,30 @@ def test_gat_node_features_are_the_rows_of_the_matrix_as_they_are(monkeypatch):
     want = S.copy()
     np.fill_diagonal(want, 0.9)
     np.testing.assert_array_equal(seen[0], want)
+
+
+def test_exactly_k_can_split_without_cutting_off_the_farthest_member():
+    """One cluster of 5 points on a line with an outlier: the plain split cuts the outlier off; with
+    ``avoid_singletons`` the outlier's half takes its nearest other member."""
+    x = np.array([0.0, 0.1, 0.2, 0.3, 5.0])
+    D = np.abs(x[:, None] - x[None, :])
+    plain, _ = exactly_k(np.zeros(5, int), 2, D)
+    assert sorted(np.bincount(plain)) == [1, 4]
+    kept, repairs = exactly_k(np.zeros(5, int), 2, D, avoid_singletons=True)
+    assert sorted(np.bincount(kept)) == [2, 3] and repairs == 1
+    assert kept[4] == kept[3] != kept[0]  # the outlier with its nearest member
+    three, _ = exactly_k(np.zeros(3, int), 2, D[:3, :3], avoid_singletons=True)  # 3 points: 2 + 1 is the only way
+    assert sorted(np.bincount(three)) == [1, 2]
+
+
+def test_gat_gmm_leaves_no_one_task_group_when_k_is_at_most_half_the_tasks():
+    """The paper's refinement (no singleton groups) must survive the repair to exactly k groups: a tight block of 6
+    tasks and one outlier task, which the GMM tends to put alone and the plain repair cut off again."""
+    gen = np.random.default_rng(5)
+    S = np.full((7, 7), 0.9) + 0.02 * gen.standard_normal((7, 7))
+    S[6, :], S[:, 6] = 0.1, 0.1
+    np.fill_diagonal(S, 1.0)
+    for k in (2, 3):
+        for seed in range(3):
+            sol = solver("gat_gmm").solve(problem(S, k), seed=seed)
+            assert min(len(g) for g in sol.groups) >= 2 and sol.info["singletons"] == 0, (k, seed, sol.groups)
