@@ -11,7 +11,8 @@ phase at their **originally measured** time, whether they were trained now or fo
 timings do not depend on what the cache held (``wall_s`` is what this run really spent). ``n_trainings`` counts
 the distinct ground-truth trainings the method consumed for that split count (its signal and fit, shared by every
 split count, and that split count's own solve: the same whichever other split counts ran in the cell),
-``n_trainings_solve`` those of the solve that the signal and the fit had not consumed; ``cache_hits`` how many of those phases' trainings and of the chosen groups' were hits.
+``n_trainings_solve`` those of the solve that the signal and the fit had not consumed; ``cache_hits`` how many
+of those phases' trainings and of the chosen groups' were hits.
 
 Resumable: a record is appended (and synced) as soon as its cell finishes; on start, finished records are read
 back (a truncated last line from a kill is dropped) and their runs are not redone. Group trainings are cached as

@@ -32,7 +32,10 @@ Choices where the paper leaves room (all documented here, none changes Eq. 16-17
   derived from the seed. With shared inputs (one input tensor for all tasks) the same ``n`` samples serve every
   task, which is the MTL decomposition of Section 4.1 (sample ``x_s`` with labels ``y_s^t``). With per-task inputs
   the ``s``-th sample of task ``i`` is paired with the ``s``-th sample of task ``j``: the meta-learning unit of the
-  paper's "extension to meta learning" (supplement Eq. 2). ``n`` is capped by the smallest task's training set.
+  paper's "extension to meta learning" (supplement Eq. 2); ``n`` is capped by the largest task's training set,
+  and a task with fewer samples repeats its distinct ones in order up to ``n`` (:func:`sample_indices`; capping
+  every task at the smallest one's size made School's distances rest on 16 samples per task, and two draws of
+  them agreed to a rank correlation of 0.77-0.80, against 0.985-0.988 with the repeats).
 - The model is evaluated in ``eval`` mode (a single sample has no batch statistics; dropout would make the optimum
   random). At initialisation batch-norm running statistics are the identity, so this only removes dropout noise.
 - Per-sample gradients are vectorised with ``torch.func`` (``vmap`` over samples of ``jacrev`` over the vector of
@@ -64,17 +67,23 @@ _CHUNK_BYTES = 1 << 27
 def sample_indices(problem: TrainedProblem, n_samples: int, seed: int, *names: object) -> dict[str, np.ndarray]:
     """Per task, ``n`` training-sample indices (shared inputs: the same indices for every task).
 
-    ``n = min(n_samples, smallest training set)`` so that the ``s``-th samples of all tasks can be paired.
+    Shared inputs: ``n = min(n_samples, training set)`` distinct samples. Per-task inputs: ``n = min(n_samples,
+    largest training set)``; every task draws ``min(n, its size)`` distinct samples and repeats them in the drawn
+    order up to ``n``, so that the ``s``-th samples of all tasks can be paired and no task is cut to the smallest
+    one's size (School's smallest task would leave 16 samples of each of 139 tasks).
     """
     train = problem.task_data.train
     tasks = problem.task_names
     sizes = [int(train.inputs[t].shape[0]) for t in tasks]
-    n = min(n_samples, *sizes)
+    empty = [t for t, size in zip(tasks, sizes) if size == 0]
+    if empty:
+        raise UsageError(f"sca: tasks {empty[:6]} have no training samples")
     gen = rng(seed, *names)
     if train.shared(tasks):
-        idx = np.sort(gen.choice(sizes[0], size=n, replace=False))
+        idx = np.sort(gen.choice(sizes[0], size=min(n_samples, sizes[0]), replace=False))
         return {t: idx for t in tasks}
-    return {t: np.sort(gen.choice(size, size=n, replace=False)) for t, size in zip(tasks, sizes)}
+    n = min(n_samples, max(sizes))
+    return {t: np.resize(gen.choice(size, size=min(n, size), replace=False), n) for t, size in zip(tasks, sizes)}
 
 
 def initial_model(problem: TrainedProblem, seed: int, device: torch.device) -> MTLModel:
@@ -136,7 +145,7 @@ class SCA(Signal):
     """Sample-wise convergence-based affinity (SCA, Eq. 16-17); see the module docstring."""
 
     name = "sca"
-    version = "1"
+    version = "2"
     during_training = False
     defaults = {"n_samples": 100}
     parameters = {"n_samples": [50, 100, 200]}
@@ -169,7 +178,8 @@ class SCA(Signal):
         distance = (distance + distance.T) / 2.0  # exact symmetry (floating-point summation order)
         np.fill_diagonal(distance, 0.0)
         matrix = row_normalise(distance)
-        info = {"n_samples": n, "extra_forward": n if shared_inputs else n * len(tasks),
+        info = {"n_samples": n, "distinct_samples": {t: len(np.unique(indices[t])) for t in tasks},
+                "extra_forward": n if shared_inputs else n * len(tasks),
                 "extra_backward": n * len(tasks), "trainings": 0, "eta": float(problem.config.lr)}
         return Affinity(tasks, matrix, self.id, info, features={"distance": distance})
 

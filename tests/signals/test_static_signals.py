@@ -195,6 +195,26 @@ def test_sca_matches_a_per_sample_loop(shared_inputs):
     assert affinity.info["n_samples"] == 8
 
 
+def test_sca_samples_are_not_cut_to_the_smallest_task():
+    """Per-task inputs of 12, 14 and 16 training samples and N = 15: the two larger tasks give 15 distinct samples,
+    the smallest its 12 distinct ones, repeated in order up to 15 (paired by position)."""
+    problem = mlp_problem(shared_inputs=False)
+    sizes = {t: int(problem.task_data.train.inputs[t].shape[0]) for t in problem.task_names}
+    assert sorted(sizes.values()) == [12, 14, 16]
+    indices = sample_indices(problem, 15, 0, "sca", "samples")
+    for t, idx in indices.items():
+        assert len(idx) == 15 and idx.max() < sizes[t]
+        distinct = min(15, sizes[t])
+        assert len(np.unique(idx[:distinct])) == distinct
+        np.testing.assert_array_equal(idx[distinct:], idx[: 15 - distinct])
+    affinity = SCA(n_samples=15).compute(problem, seed=0)
+    assert affinity.info["n_samples"] == 15 and sorted(affinity.info["distinct_samples"].values()) == [12, 14, 15]
+    np.testing.assert_allclose(affinity.features["distance"], _slow_sca_distance(problem, 15, 0), rtol=1e-4,
+                               atol=1e-9)
+    shared = sample_indices(mlp_problem(shared_inputs=True), 100, 0, "sca", "samples")
+    assert {len(i) for i in shared.values()} == {12} and len({i.tobytes() for i in shared.values()}) == 1
+
+
 def test_sca_vectorised_gradients_match_autograd_loop():
     problem = mlp_problem()
     tasks = problem.task_names
