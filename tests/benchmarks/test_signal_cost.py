@@ -83,9 +83,9 @@ def test_signal_costs_quick_shape(tmp_path, layout):
         assert r["over_task_gradients"] == pytest.approx(r["seconds"] / by["task gradients"]["seconds"])
     assert by["etap[every=10]"]["extra_backward"] == 8  # one observed step in 10: step 0 of the 8
     assert by["tag"]["extra_forward"] == by["tag (naive loop)"]["extra_forward"] == 9 * 8
-    assert by["transfer_gain"]["extra_forward"] == 45 * 8
+    assert by["transfer_gain"]["extra_forward"] == 54 * 8  # 9 singles, 9 doubled singles, 36 pairs
     # per-task inputs: a pair's set encodes its two tasks' samples (2/9 of a batch), a single's also two copies
-    assert by["transfer_gain"]["forward_batches"] == pytest.approx(45 * 8 * (2 / 9 if layout == "per_task" else 1))
+    assert by["transfer_gain"]["forward_batches"] == pytest.approx(54 * 8 * (2 / 9 if layout == "per_task" else 1))
     assert by["tag"]["forward_batches"] == 9 * 8 and all(r["layout"] == layout for r in rows)
     assert {by["etap"]["target"], by["tag"]["target"], by["transfer_gain[sample=true]"]["target"]} == {
         "<= 1.10x plain", "<= 2x plain", "< tag"}
