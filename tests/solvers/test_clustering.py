@@ -16,7 +16,7 @@ import torch
 from bench.errors import BenchError, UsageError
 from bench.solvers import CallableScore, PairwiseScore, PartitionProblem, TableScore
 from bench.solvers._clustering import affinity, exactly_k, to_groups
-from bench.solvers.sdp import solve_sdp, threshold_rounding
+from bench.solvers.sdp import INACCURATE_RESIDUAL, sdp_residual, solve_sdp, threshold_rounding
 
 CLUSTERING = ("sdp", "gat_gmm", "hierarchical", "kmeans")
 ALL = (*CLUSTERING, "random")
@@ -108,7 +108,8 @@ def test_sdp_rounding_gives_k_groups_where_the_reference_rounding_does_not():
     # 6-ring, k = 3: the SDP optimum is the average of the two perfect matchings (X_ii = 1/2, neighbours 1/4);
     # thresholding at 1/6 and scanning gives {0,1,5}, {2}, {3}, {4}: 4 clusters.
     A = ring(6)
-    X = solve_sdp(A.max() - A, 3, "CLARABEL")
+    X, solved = solve_sdp(A.max() - A, 3, "CLARABEL")
+    assert solved["sdp_status"] == "optimal" and solved["sdp_residual"] < 1e-6
     assert np.allclose(X, 0.5 * np.eye(6) + 0.25 * (np.roll(np.eye(6), 1, 0) + np.roll(np.eye(6), -1, 0)), atol=1e-5)
     assert threshold_rounding(X) == [[0, 1, 5], [2], [3], [4]]
     sol = solver("sdp").solve(problem(A, 3), seed=0)
@@ -237,3 +238,19 @@ def test_gat_gmm_leaves_no_one_task_group_when_k_is_at_most_half_the_tasks():
         for seed in range(3):
             sol = solver("gat_gmm").solve(problem(S, k), seed=seed)
             assert min(len(g) for g in sol.groups) >= 2 and sol.info["singletons"] == 0, (k, seed, sol.groups)
+
+
+def test_sdp_accepts_an_inaccurate_solve_only_near_the_feasible_set(monkeypatch):
+    """Unreachable tolerances make CLARABEL end ``optimal_inaccurate`` (its reduced tolerances): accepted and named
+    when the point violates the constraints by at most INACCURATE_RESIDUAL, an error otherwise."""
+    gen = np.random.default_rng(0)
+    A = gen.standard_normal((20, 20))
+    A = (A + A.T) / 2
+    unreachable = {"tol_gap_abs": 1e-14, "tol_gap_rel": 1e-14, "tol_feas": 1e-14}
+    X, solved = solve_sdp(A.max() - A, 3, "CLARABEL", unreachable)
+    assert solved["sdp_status"] == "optimal_inaccurate"
+    assert solved["sdp_residual"] == pytest.approx(sdp_residual(X, 3)) and solved["sdp_residual"] <= INACCURATE_RESIDUAL
+    monkeypatch.setattr("bench.solvers.sdp.INACCURATE_RESIDUAL", -1.0)
+    with pytest.raises(BenchError, match="optimal_inaccurate.*violates the constraints"):
+        solve_sdp(A.max() - A, 3, "CLARABEL", unreachable)
+    assert sdp_residual(np.eye(3) * 0.5, 3) == pytest.approx(1.5)  # tr X = 1.5 against k = 3
