@@ -67,12 +67,17 @@ forwards and take the per-task gradients as free. Both are true of an overhead-b
   arithmetic: the 9 extra encoder forwards cost what they cost, about 3x plain training's forward share on the
   wide model (3.6x in all on per-task inputs; the naive loop 7.7x). On the small model they are ~0.5 ms of
   arithmetic at about 80 GFLOP/s on a ~1.2 ms step, so TAG sits near 2x and run-to-run noise decides the side.
-- **transfer gain**: ``n(n+1)/2 = 45`` parameter sets per step, ``E[T(T+1)/2] = (n+1)(n+2)/6 = 18.3`` with
-  sampling, each evaluating only its members' heads and losses; the heads' virtual steps are read from the
-  trainer's update (they are that update). On per-task inputs a set encodes only its members' samples
-  (``forward_batches``: 4.4 batch-equivalents per step against TAG's 9), so it runs below TAG at both scales (in 7
-  of 8 small runs). On shared inputs each set needs a whole-batch encoder forward, 18.3 against TAG's 9: it
-  cannot run below TAG there.
+- **transfer gain** (version 2, the diagonal measured from the doubled single step, as the reference code and the
+  paper's cost model do): ``n(n+3)/2 = 54`` parameter sets per step (``n`` singles, ``n`` doubled singles,
+  ``n(n-1)/2`` pairs), ``E[T(T+3)/2] = (n+1)(n+5)/6 = 23.3`` with sampling (Appendix E.2's count of updates), each
+  evaluating only its members' heads and losses; the heads' virtual steps are read from the trainer's update (they
+  are that update). On per-task inputs a set encodes only its members' samples (``forward_batches``: 5.6
+  batch-equivalents per step against TAG's 9; a single's set encodes its task's batch twice, in the same call as
+  the pairs). On shared inputs each set needs a whole-batch encoder forward, 23.3 against TAG's 9: it cannot run
+  below TAG there. Measured (one run of 7 rounds, ``diagonal=doubled``; small / wide): shared 2.22x / 11.2x against
+  ``tag``'s 1.86x / 7.38x; per-task 1.91x / 2.77x against 1.88x / 3.75x, so below TAG on the wide per-task model
+  only (version 1, without the ``2n`` diagonal sets: 18.3 sets, 1.77-2.18x / 2.2-2.3x per-task, below TAG in 7 of
+  8 small runs). ``transfer_gain[diagonal=zero]`` is version 1's computation.
   The paper's cost model (Section 4.3, Table 9) counts one forward per *task loss* (``n^2 + n`` for TAG), which
   holds for per-task inputs, not for a shared encoder.
 
