@@ -69,10 +69,15 @@ class EtapCallback(GradientCallback):
         self.update = update
 
     def step_matrix(self, ctx):
-        _, grads = self.gradients(ctx)
         losses = self.step_losses(ctx)
         if self.update == "gradient":  # U_i = lr g_i: [j, i] = g_j . g_i / L_j
-            return ((grads @ grads.T) / losses[:, None]).cpu().numpy()
+            # the Gram matrix parameter by parameter, on views of the stacked gradients (flattening them into one
+            # (n, D) matrix would copy n x D floats per step)
+            stacked = self.task_gradients(ctx).shared
+            blocks = [stacked[name].detach().reshape(len(ctx.group), -1) for name in self.shared.names]
+            gram = sum(b @ b.T for b in blocks)
+            return (gram / losses[:, None]).cpu().numpy()
+        _, grads = self.gradients(ctx)
         update = virtual_update(ctx, self.shared, grads)  # row i: U_i
         return ((grads @ update.T) / (losses[:, None] * ctx.lr)).cpu().numpy()  # [j, i] = g_j . U_i / (L_j lr)
 
