@@ -56,10 +56,12 @@ forwards and take the per-task gradients as free. Both are true of an overhead-b
   the batch once per task). That is 4.5x plain on the wide model, so on shared inputs ETAP <= 1.10x (and TAG <= 2x)
   cannot hold for an arithmetic-bound model; on the small one the batched backward costs +0.4x.
 - **ETAP** (``update=gradient``, the reference scripts' form) then adds one ``n x n`` Gram product of the
-  flattened gradients and the division by the losses: 1.04-1.14x over the per-task-gradient step (at most 1.10x
-  in 6 of the 8 cells of two runs), so with the per-task gradients given it sits at the target; against plain
-  training it meets it on per-task inputs at the wide scale (1.08x), not at the small one (the ~0.07 ms of
-  flattening, product and bookkeeping on top of the split backward's +0.1x). ``update=optimizer`` adds the
+  gradients and the division by the losses: 1.04-1.14x over the per-task-gradient step (at most 1.10x in 6 of the
+  8 cells of two runs), so with the per-task gradients given it sits at the target; against plain training it
+  meets it on per-task inputs at the wide scale (1.08x), not at the small one (the ~0.07 ms of products and
+  bookkeeping on top of the split backward's +0.1x). Since the Gram product runs parameter by parameter on views
+  of the stacked gradients (no ``(n, D)`` copy), the wide model's ETAP costs 1.04x / 1.02x over that step
+  (shared / per-task; 4.6x / 1.08x plain). ``update=optimizer`` adds the
   virtual Adam step over the n gradients (~6 elementwise passes over ``n x D``): 1.10-1.24x over that step.
 - **TAG**: n = 9 lookahead parameter sets, each encoding the whole batch, as batched products without ``vmap``
   (:func:`bench.trainer.run_row_wise`); stacked heads (:class:`bench.signals._lookahead.StackedHeads`) make the
@@ -74,10 +76,10 @@ forwards and take the per-task gradients as free. Both are true of an overhead-b
   are that update). On per-task inputs a set encodes only its members' samples (``forward_batches``: 5.6
   batch-equivalents per step against TAG's 9; a single's set encodes its task's batch twice, in the same call as
   the pairs). On shared inputs each set needs a whole-batch encoder forward, 23.3 against TAG's 9: it cannot run
-  below TAG there. Measured (one run of 7 rounds, ``diagonal=doubled``; small / wide): shared 2.22x / 11.2x against
-  ``tag``'s 1.86x / 7.38x; per-task 1.91x / 2.77x against 1.88x / 3.75x, so below TAG on the wide per-task model
-  only (version 1, without the ``2n`` diagonal sets: 18.3 sets, 1.77-2.18x / 2.2-2.3x per-task, below TAG in 7 of
-  8 small runs). ``transfer_gain[diagonal=zero]`` is version 1's computation.
+  below TAG there. Measured (two runs of 7 rounds, ``diagonal=doubled``; small / wide): shared 2.22x / 11.2-11.3x
+  against ``tag``'s 1.86-1.87x / 7.38-7.42x; per-task 1.91-1.93x / 2.70-2.77x against 1.88x / 3.74-3.75x, so
+  below TAG on the wide per-task model only (version 1, without the ``2n`` diagonal sets: 18.3 sets, 1.77-2.18x /
+  2.2-2.3x per-task, below TAG in 7 of 8 small runs). ``transfer_gain[diagonal=zero]`` is version 1's computation.
   The paper's cost model (Section 4.3, Table 9) counts one forward per *task loss* (``n^2 + n`` for TAG), which
   holds for per-task inputs, not for a shared encoder.
 
