@@ -37,10 +37,13 @@ Grouping problems (parameter ``problem``):
 ``partition``
     exactly k disjoint groups; the group score is :class:`~bench.solvers.base.PairwiseScore` of the affinity or
     of the predictor's pairwise matrix (clustering solvers need a matrix), or the sum of the predictor's member
-    gains when ``score=predicted`` (exact solvers only need group values).
+    gains when ``score=predicted`` (exact solvers only need group values). With an affinity only, a singleton's
+    score follows ``singletons`` as in network selection (``forbid``: TAG's ``-1e6``; the clustering solvers
+    replace the diagonal themselves).
 ``miqp`` / ``miqp-partition``
     transfer-gain-mip Formulation 8 with ``S`` the affinity (or the predictor's pairwise matrix) and ``m = k``
-    labelled groups; overlapping groups, or the partition variant.
+    labelled groups; overlapping groups, or the partition variant. ``S`` is used as it is, its diagonal included
+    (Formulation 8's objective reads it: the transfer gain of a task with itself, TAG's self-affinity for TAG-MP).
 
 ``max_size`` bounds the groups of every problem: network selection's candidates, a partition's groups (solvers
 that cannot bound sizes, the clustering ones, refuse it) and Formulation 8's ``m2`` (Section 5.3: ``X' 1 <= m2``).
@@ -77,6 +80,9 @@ from bench.types import Group, Grouping, make_group
 
 PROBLEMS = ("select", "partition", "miqp", "miqp-partition")
 SINGLETONS = ("forbid", "diagonal", "zero")
+FORBIDDEN_SINGLETON = -1e6
+"""A singleton's score under ``singletons=forbid`` in a partition (TAG's sentinel: a partition with a singleton
+loses to every one without, and stays possible where ``k > n/2`` needs one)."""
 MAX_CANDIDATES = 1 << 16
 """Network selection enumerates candidate groups; above this many, ``max_size`` must bound them."""
 POOLS = ("all", "beam")
@@ -287,7 +293,7 @@ class Composed(Method):
                 predictor = model.predictor
                 score: Any = CallableScore(lambda g: sum(predictor.predict(g).values()), tasks)
             else:
-                score = PairwiseScore(model.matrix(), tasks)
+                score = PairwiseScore(self._partition_matrix(model), tasks)
             problem = PartitionProblem(tasks, n_groups, score, max_size=self._max_size(len(tasks)))
         else:
             problem = MIQPProblem(tasks, model.matrix(), n_groups, max_size=self._max_size(len(tasks)),
@@ -301,6 +307,16 @@ class Composed(Method):
         return "predicted" if self.serve == "predicted" else "val"
 
     # ------------------------------------------------------------------------------------------- candidates
+
+    def _partition_matrix(self, model: Fitted) -> np.ndarray:
+        """The pairwise matrix a partition scores groups with; with an affinity only, its diagonal (a singleton's
+        score) follows ``singletons``: ``forbid`` puts TAG's sentinel :data:`FORBIDDEN_SINGLETON` there, ``zero``
+        0, ``diagonal`` keeps the signal's own (TAG's self-affinity, CS's 1: the largest entries, with which an
+        exact solver splits off singletons)."""
+        matrix = np.array(model.matrix(), dtype=np.float64)
+        if model.predictor is None and self.singletons != "diagonal":
+            np.fill_diagonal(matrix, FORBIDDEN_SINGLETON if self.singletons == "forbid" else 0.0)
+        return matrix
 
     def _max_size(self, n: int) -> int | None:
         return None if self.max_size is None else min(int(self.max_size), n)

@@ -42,8 +42,20 @@ def test_max_size_bounds_the_groups_of_every_problem(plugins, tmp_path, problem)
         assert record["status"] == "ok", record
         return sorted(len(g) for g in record["groups"])
 
-    assert max(run(f"tag[signal=planted,problem={problem},solver=dp]", "free")) >= 3
-    assert run(f"tag[signal=planted,problem={problem},solver=dp,max_size=2]", "bounded") == [2, 2]
+    # singletons=zero: a singleton is allowed in a partition (the MIQP reads the matrix as it is)
+    assert max(run(f"tag[signal=planted,problem={problem},solver=dp,singletons=zero]", "free")) >= 3
+    assert run(f"tag[signal=planted,problem={problem},solver=dp,singletons=zero,max_size=2]", "bounded") == [2, 2]
+
+
+@pytest.mark.parametrize("singletons, sizes", [("forbid", [2, 2, 2]), ("zero", [1, 2, 3]), ("diagonal", [1, 2, 3])])
+def test_a_partition_scores_singletons_as_the_singletons_parameter_says(plugins, tmp_path, singletons, sizes):
+    """Two planted clusters of 3, k = 3, an exact solver: forbidding singletons (TAG's sentinel) gives three pairs;
+    a singleton worth 0 or the diagonal (1) gives the cluster of 3, a pair and a singleton."""
+    settings = Settings(str(tmp_path / "out"), str(tmp_path / "cache"), profile="smoke")
+    method = f"tag[signal=planted,problem=partition,solver=dp,singletons={singletons}]"
+    [record] = run_cell(Cell("synthetic[clusters=[3,3],noise=0.3]", method, 0, (3,)), settings)
+    assert record["status"] == "ok", record
+    assert sorted(len(g) for g in record["groups"]) == sizes
 
 
 def test_a_predictor_composition_counts_its_trainings(plugins, tmp_path):

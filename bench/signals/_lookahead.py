@@ -50,6 +50,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -500,6 +501,18 @@ class GradientCallback(SignalCallback):
         self.gradient_fallback = getattr(ctx._trainer, "gradient_fallback", None)
         self.extra_backward += len(ctx.group) - 1
         return grads
+
+    @staticmethod
+    def check_denominators(ctx: StepContext, signal: str, losses, rows=None, what: str = "loss") -> None:
+        """Raise a clear error where a loss a signal divides by is not positive and finite (``rows``: the group
+        indices of ``losses``, default all): 0/0 would otherwise read as "not observed", x/0 as an infinity that
+        surfaces only when the training has ended."""
+        values = np.asarray(torch.as_tensor(losses).detach().cpu(), dtype=np.float64)
+        rows = range(len(values)) if rows is None else rows
+        bad = {ctx.group[j]: float(v) for j, v in zip(rows, values) if not (np.isfinite(v) and v > 0)}
+        if bad:
+            raise UsageError(f"{signal}: at step {ctx.step} the {what} is {bad}; the signal divides by it, so it "
+                             "must be positive and finite (a loss that reaches exactly 0 has no relative change)")
 
     @staticmethod
     def step_losses(ctx: StepContext) -> torch.Tensor:

@@ -161,8 +161,9 @@ class SignalCallback(Callback):
 
     ``until_best`` (a class attribute): when early stopping ends the training, the steps of the epochs after the
     best epoch (those early stopping waited through, ``patience`` of them) are dropped from the average, as TAG's
-    code drops its last 10 epochs (implementations.md 1.2) and ETAP's, which accumulates "exactly like TAG". A
-    training that runs all its epochs keeps every step. ``False`` (the default) keeps every observed step.
+    code drops its last 10 epochs (implementations.md 1.2) and ETAP's, which accumulates "exactly like TAG" (also
+    when the stop falls on the last epoch of the budget). A training early stopping did not end keeps every step.
+    ``False`` (the default) keeps every observed step.
     """
 
     until_best: ClassVar[bool] = False
@@ -179,6 +180,7 @@ class SignalCallback(Callback):
         self.by_epoch: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}  # epoch -> its total, count, steps
         self.epoch = 0
         self.epochs: int | None = None  # the training's epoch budget (seen at its first step)
+        self.patience: int | None = None  # and its early-stopping patience
         self.dropped_epochs = 0
         self.extra_forward = 0
         self.extra_backward = 0
@@ -192,6 +194,7 @@ class SignalCallback(Callback):
         self.epoch = ctx.epoch
         if self.epochs is None:
             self.epochs = ctx._trainer.config.epochs
+            self.patience = ctx._trainer.config.patience
         if self.observes(ctx):
             self.record(self.step_matrix(ctx))
 
@@ -214,7 +217,9 @@ class SignalCallback(Callback):
 
     def on_train_end(self, result: GroupResult) -> None:
         """With ``until_best``: drop the epochs after the best one when early stopping ended the training."""
-        if not self.until_best or self.epochs is None or result.epochs_run >= self.epochs:
+        # early stopping ended it when the epochs after the best one reached the patience, also on the last epoch
+        stopped = self.patience is not None and result.epochs_run - 1 - result.best_epoch >= self.patience
+        if not self.until_best or self.epochs is None or not stopped:
             return
         for epoch in [e for e in self.by_epoch if e > result.best_epoch]:
             del self.by_epoch[epoch]

@@ -60,7 +60,7 @@ class Cs(TrainingSignal):
     """Cosine similarity of per-task gradients of the shared parameters (see the module docstring)."""
 
     name = "cs"
-    version = "2"
+    version = "3"
     defaults = {"every": 1}
     parameters = {"every": [1, 10]}
     test_parameters = {"every": 1}

@@ -86,7 +86,7 @@ class Etap(TrainingSignal):
     """ETAP's first-order task-affinity score (see the module docstring)."""
 
     name = "etap"
-    version = "3"
+    version = "4"
     defaults = {"every": 1, "update": "gradient"}
     parameters = {"every": [1, 10], "update": list(UPDATES)}
     test_parameters = {"every": 1}

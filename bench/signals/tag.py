@@ -61,6 +61,7 @@ class TagCallback(GradientCallback):
         after = self.lookahead.losses(ctx, self.shared.unflatten(ahead))  # [j, i] = L_i(theta'_j)
         self.extra_forward += len(ahead)
         before = after[n] if self.random else self.step_losses(ctx)
+        self.check_denominators(ctx, "tag", before, what="loss before the lookahead")
         after = after[:n]
         return ((1.0 - after.T / before[:, None]) / ctx.lr).cpu().numpy()
 
@@ -69,7 +70,7 @@ class Tag(TrainingSignal):
     """TAG's lookahead inter-task affinity (see the module docstring)."""
 
     name = "tag"
-    version = "3"
+    version = "4"
     defaults = {"every": 1}
     parameters = {"every": [1, 10]}
     test_parameters = {"every": 1}

@@ -146,11 +146,7 @@ class TransferGainCallback(GradientCallback):
         sets = size + doubled + len(first)
         # whole batches encoded: a set its whole batch on shared inputs, or its two members' samples
         self.forward_batches += sets * (2 / n if per_task and own is not None else 1)
-        bad = {ctx.group[j]: float(v) for j, v in zip(members, alone) if not (np.isfinite(v) and v > 0)}
-        if bad:
-            raise UsageError(f"transfer_gain: at step {ctx.step} the loss after the task's own virtual step is "
-                             f"{bad}; Eq. 3 divides by it, so it must be positive and finite (a loss that reaches "
-                             "exactly 0 has no transfer gain)")
+        self.check_denominators(ctx, "transfer_gain", alone, members, "loss after the task's own virtual step")
         base = np.zeros(n)
         base[members] = alone  # L_j(phi_j, theta_j') for j in the subset
         out = np.full((n, n), np.nan)

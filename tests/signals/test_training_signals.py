@@ -921,15 +921,16 @@ def test_cosines_of_tiny_and_huge_float32_gradients(scale):
     torch.testing.assert_close(cosine_matrix(rows * scale), want, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("stops", [True, False], ids=["early_stop", "all_epochs"])
+@pytest.mark.parametrize("stops, epochs", [(True, 4), (True, 2), (False, 4)],
+                         ids=["early_stop", "stop_on_the_last_epoch", "all_epochs"])
 @pytest.mark.parametrize("make", [lambda: TagCallback(TASKS3), lambda: EtapCallback(TASKS3),
                                   lambda: CosineCallback(TASKS3)], ids=["tag", "etap", "cs"])
-def test_the_epochs_early_stopping_waited_through_are_dropped(make, stops):
+def test_the_epochs_early_stopping_waited_through_are_dropped(make, stops, epochs):
     """TAG's accounting: when early stopping ends the training (here after epoch 1, no epoch after the first
-    improving by ``min_delta``), the steps after the best epoch leave the average; a training that runs all its
-    epochs keeps every step."""
-    config = TrainConfig(epochs=4, batch_size=8, patience=1 if stops else None, min_delta=1e9 if stops else 0.0,
-                         **OPTIMIZERS["sgd"])
+    improving by ``min_delta``; with a budget of 2 epochs the stop falls on the last one), the steps after the best
+    epoch leave the average; a training that runs all its epochs keeps every step."""
+    config = TrainConfig(epochs=epochs, batch_size=8, patience=1 if stops else None,
+                         min_delta=1e9 if stops else 0.0, **OPTIMIZERS["sgd"])
     problem = TrainedProblem(list(_tasks(TASKS3).values()), "synthetic", {"name": "early"}, tiny_data("shared"),
                              tiny_factory(False), config)
     seen = []
@@ -958,3 +959,11 @@ def test_a_loss_of_zero_is_a_clear_error_not_an_unobserved_pair():
     problem = tiny_problem("shared", "sgd", batch_norm=False)
     with pytest.raises(UsageError, match=r"at step 0 .*\{'b': 0.0\}.*must be positive"):
         problem.train(TASKS3, seed=0, callbacks=[ZeroLoss(TASKS3)])
+
+    class ZeroTag(TagCallback):  # TAG divides by the loss before the lookahead: named at the step, not at the end
+        @staticmethod
+        def step_losses(ctx):
+            return torch.tensor([0.0 if (t == "c" and ctx.step == 3) else float(ctx.losses[t]) for t in ctx.group])
+
+    with pytest.raises(UsageError, match=r"tag: at step 3 .*\{'c': 0.0\}.*must be positive"):
+        problem.train(TASKS3, seed=0, callbacks=[ZeroTag(TASKS3)])
