@@ -13,6 +13,12 @@ Objective (``utility=improvement``): HOA's ``network_selection`` compares soluti
 losses, a singleton scoring its single-task loss (implementations.md 2.2). A member's utility is therefore its
 predicted gain times its single-task validation value, the fall of its loss in the loss's units; the sum of
 relative gains (``utility=gain``) would weight each task by ``1 / m_S`` and can choose other groups.
+
+Budget: Standley et al. count inference cost, a half-size single-task network 0.5 and a full network 1
+(implementations.md 2.2). Here the budget is the split count, at most k groups with a singleton counting as one
+group, so that every method of a table answers the same question (../shared/DESIGN.md, "Selection semantics"). The
+cost form is the ``select`` problem's ``budget`` with candidate costs (``bench group --budget``); the method does
+not expose it.
 """
 
 from __future__ import annotations
