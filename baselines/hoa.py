@@ -16,7 +16,7 @@ relative gains (``utility=gain``) would weight each task by ``1 / m_S`` and can 
 
 Budget: Standley et al. count inference cost, a half-size single-task network 0.5 and a full network 1
 (implementations.md 2.2). Here the budget is the split count, at most k groups with a singleton counting as one
-group, so that every method of a table answers the same question (../shared/DESIGN.md, "Selection semantics"). The
+group, so that every method of a table answers the same question (README, "Selection semantics"). The
 cost form is the ``select`` problem's ``budget`` with candidate costs (``bench group --budget``); the method does
 not expose it.
 """
