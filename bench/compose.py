@@ -90,6 +90,12 @@ UTILITIES = ("gain", "improvement")
 SERVES = ("val", "predicted")
 
 
+def _selection_gains(predictor: Any, groups: list[Group]) -> list[dict[str, float]]:
+    """:meth:`Predictor.selection_gains`; an object with ``predict_many`` only (no measured gains) predicts all."""
+    gains = getattr(predictor, "selection_gains", None)
+    return gains(groups) if gains is not None else predictor.predict_many(groups)
+
+
 def served_by_utility(groups: Sequence[Group], candidates: Sequence[Candidate]) -> dict[str, Group]:
     """Per task, the chosen group where the candidates give it the largest utility (MTG-Net's evaluation: "the
     chosen group with the highest predicted gain"); ties go to the first in canonical order, and for a group listed
@@ -358,7 +364,7 @@ class Composed(Method):
         if model.predictor is not None:
             scale = model.scale if self.utility == "improvement" else {}
             return [Candidate(g, {t: u * scale.get(t, 1.0) for t, u in gains.items()})
-                    for g, gains in zip(groups, model.predictor.predict_many(groups))]
+                    for g, gains in zip(groups, _selection_gains(model.predictor, groups))]
         matrix = np.array(model.matrix(), dtype=np.float64)
         if self.singletons == "zero":  # a singleton scores the diagonal; groups of two or more never read it
             np.fill_diagonal(matrix, 0.0)

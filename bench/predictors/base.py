@@ -156,6 +156,19 @@ class Predictor(Component):
     def _predict_many(self, groups: list[Group]) -> list[Mapping[str, float]]:
         return [self._predict(g) for g in groups]
 
+    def measured(self, group: Group) -> Mapping[str, float] | None:
+        """The measured gains a selection should use for ``group`` in place of its prediction, or ``None`` (the
+        default: a selection uses predictions only). MTG-Net's search reads the measured gains of its training
+        groups (:class:`~bench.predictors.mtg_net.MtgNet`)."""
+        return None
+
+    def selection_gains(self, groups: Iterable[Iterable[str]]) -> list[dict[str, float]]:
+        """Per group, :meth:`measured` where the predictor gives it, else :meth:`predict`: what a grouping problem
+        built from this predictor scores its candidates with."""
+        groups = [self._checked(g) for g in groups]
+        predicted = self.predict_many(groups)
+        return [dict(m) if (m := self.measured(g)) is not None else p for g, p in zip(groups, predicted)]
+
     def pairwise(self) -> np.ndarray:
         """``[i, j]``: predicted gain of task ``i`` trained with ``j`` (diagonal 0), for clustering solvers."""
         tasks = self.tasks_

@@ -24,8 +24,11 @@ Training (3.3). Initial training set: the ``n`` singletons (gain 0, no training 
    with the largest ``|predicted gain of col|`` into the training set (measured through ``evidence.oracle``), and
    with ``step = 2`` also the one with the smallest.
 
-It stops once ``active_budget`` oracle calls were made (default ``n(n-1)/2``: the reference's ``n(n-1)/(2 step)``
-iterations of ``step`` groups) or the pool is empty, and the final model is trained on everything measured.
+It stops once ``active_budget`` oracle calls were made (default ``step * floor(n(n-1) / (2 step))``: the reference's
+``n(n-1)/(2 step)`` iterations of ``step`` groups) or the pool is empty, and the final model is trained on
+everything measured. A grouping built on it scores the measured groups (the singletons, the all-task group and
+every acquired group) by their measured gains and the others by the prediction (:meth:`MtgNet.measured`), as the
+reference's search input does.
 
 Choices and departures:
 
@@ -39,6 +42,9 @@ Choices and departures:
   the ``n(n-1)/4 + 1`` re-initialised trainings on the ``mini`` profile. The ``smoke`` profile makes 4 oracle calls
   of at most 100 epochs (:attr:`~bench.component.Component.profile_defaults`).
 * ``hidden`` defaults to 64 (the README's example; the CLI default is 128), ``layers`` to 2.
+* ``step`` defaults to 2, the branch implementations.md 3.3 describes (the largest and the smallest
+  ``|predicted gain|`` each iteration); the reference's CLI default is 1, which doubles the re-initialised
+  trainings for the same number of oracle calls.
 * **Ensemble snapshots** hold the parameters at which their loss was measured (the reference records the loss of the
   forward pass but copies the model after the optimiser step, and writes a replacement into the slot of the *new*
   worst loss); the two lowest-loss snapshots are kept correctly here.
@@ -136,7 +142,7 @@ class MtgNet(Predictor):
     through the oracle (``activeper``), re-initialised every iteration, two-snapshot ensemble."""
 
     name = "mtg_net"
-    version = "1"
+    version = "2"
     requires = ("oracle",)
     defaults = {"hidden": 64, "layers": 2, "step": 2, "active_budget": None, "max_epochs": 2000, "patience": 5,
                 "ensemble": 2, "pool_size": 2000}
@@ -225,7 +231,8 @@ class MtgNet(Predictor):
         train: dict[Group, np.ndarray] = {(t,): np.zeros(n) for t in self.tasks_}
         for obs in observations:
             train[make_group(obs.group)] = self._target(obs)
-        budget = n * (n - 1) // 2 if self.active_budget is None else int(self.active_budget)
+        # the reference's n(n-1)/(2 step) iterations of step groups each (util.py: end_num)
+        budget = self.step * (n * (n - 1) // (2 * self.step)) if self.active_budget is None else int(self.active_budget)
         pool = self._pool(set(train), seed, evidence.listed)
         pool_masks = np.array([self._mask(g) for g in pool]).reshape(len(pool), n)
         self.acquired_: list[Group] = []
@@ -251,6 +258,7 @@ class MtgNet(Predictor):
             iteration += 1
         self.iterations_ = iteration
         self.training_size_ = len(train)
+        self.measured_ = {g: {t: float(y[self.index_[t]]) for t in g} for g, y in train.items()}
         self.members_ = self._train_ensemble(*self._arrays(train), derive_seed(seed, "mtg_net", iteration))
 
     def _target(self, obs: Observation) -> np.ndarray:
@@ -262,6 +270,12 @@ class MtgNet(Predictor):
     def _arrays(self, train: dict[Group, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         groups = sorted(train, key=lambda g: (len(g), g))
         return np.array([self._mask(g) for g in groups]), np.array([train[g] for g in groups])
+
+    def measured(self, group: Group) -> dict[str, float] | None:
+        """A training group's measured gains: the reference's search input is the predictions of the pool rows
+        and the measured validation gains of every training row (``util.py``: ``torch.cat([test_output,
+        y_train])``), so the search and the serving rule read them, not the network's fit of them."""
+        return self.measured_.get(make_group(group))
 
     # -- predict -------------------------------------------------------------------------------------------
     def _predict(self, group: Group) -> dict[str, float]:

@@ -717,3 +717,28 @@ def test_hoa_is_standleys_average_of_pair_losses(higher):
             for t in group:
                 averaged = np.mean([pair[(make_group((t, u)), t)] for u in group if u != t])
                 assert predictor.predict(group)[t] == pytest.approx(task_gain(task[t], averaged, stl[t]), abs=1e-12)
+
+
+def test_mtg_net_gives_a_selection_the_measured_gains_of_its_training_groups(monkeypatch):
+    """The reference's search input: predictions for the pool, the measured gains for every training row. And the
+    default budget is the reference's n(n-1)/(2 step) iterations of step groups: 2 x 7 = 14 at n = 6 (not 15)."""
+    from bench.predictors.mtg_net import MtgNet
+
+    world = World(n=6, seed=8)
+    W = np.random.default_rng(3).normal(size=(6, 6)).astype(np.float32)
+    monkeypatch.setattr(MtgNet, "_train_ensemble", lambda self, masks, targets, seed: [_StubNet(W)])
+    predictor = _make("mtg_net", active_budget=None)
+    observations = [world.observe(g) for g in predictor.training_groups(world.tasks, 0, np.random.default_rng(0))]
+    predictor.fit(observations, world.evidence(), 0)
+    assert predictor.describe()["oracle_calls"] == 14 and predictor.iterations_ == 7
+    measured = [world.tasks, *predictor.acquired_]
+    unmeasured = [g for g in world.all_groups() if len(g) > 1 and g not in measured][:5]
+    groups = [*measured, *unmeasured, (world.tasks[0],)]
+    gains = predictor.selection_gains(groups)
+    for group, got in zip(groups, gains):
+        if len(group) == 1:
+            assert got == {group[0]: 0.0}
+        elif group in measured:
+            assert got == pytest.approx(dict(world.observe(group).gains)) and got != predictor.predict(group)
+        else:
+            assert got == predictor.predict(group) and predictor.measured(group) is None
