@@ -1,7 +1,10 @@
 """Grad-TAE: gradient-based estimation of task affinity (Li et al., KDD 2024, "Scalable Multitask Learning Using
 Gradient-based Estimation of Task Affinity"; reference notes ``implementations.md`` Sections 4.1-4.2).
 
-1. **Meta-initialisation.** One MTL training of all tasks gives ``theta_0`` (the best epoch's weights).
+1. **Meta-initialisation.** One MTL training of all tasks gives ``theta_0`` (the best epoch's weights). One: the
+   paper's ``M`` meta-initialisations (each with its own ``P``; tabular-divergence-features Table 7 compares
+   ``M = 1`` and ``M = 5``, and its Table 2's Grad-TAE values for School and Chemical are its ``M = 5`` column) are
+   fixed at ``M = 1`` here.
 2. **Per-sample gradients, projected.** For every sample ``x`` of task ``t`` the gradient of the task's output
    ``g_t(x) = d f_t(x; theta) / d theta`` at ``theta_0``, over the shared parameters and task ``t``'s head
    (``torch.func``: ``vmap`` over samples of ``jacrev``; one row per output for multi-output heads), projected to
@@ -265,6 +268,9 @@ class GradTAE(Signal):
         size = self.subset_size or max(2, math.ceil(n / 2))
         if not 2 <= size <= n:
             raise UsageError(f"grad_tae subset_size must be in [2, {n}], got {size}")
+        if size == n and n > 2:  # one possible subset: every task's z-scored score would be 0, the affinity all 0
+            raise UsageError(f"grad_tae subset_size={n} leaves one subset of the {n} tasks, which says nothing about "
+                             f"pairs; choose a size in [2, {n - 1}]")
         losses = {t: problem.task(t).loss for t in tasks}
         unknown = [t for t, name in losses.items() if name not in REGRESSION_LOSSES + CLASSIFICATION_LOSSES]
         if unknown:

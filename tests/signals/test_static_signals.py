@@ -666,3 +666,14 @@ def test_tabulated_dataset_is_unsupported(name, monkeypatch):
     problem = registry.create("dataset", "taskonomy").load("smoke")
     with pytest.raises(Unsupported):
         SIGNALS[name]().compute(problem, seed=0)
+
+
+def test_grad_tae_refuses_a_subset_size_that_leaves_one_subset():
+    """Three tasks in subsets of 3: one subset, every z-scored score 0, an all-zero affinity; refused before any
+    training."""
+    from bench.errors import UsageError
+    from bench.signals.grad_tae import GradTAE
+
+    problem = mlp_problem()
+    with pytest.raises(UsageError, match=r"subset_size=3 leaves one subset of the 3 tasks.*\[2, 2\]"):
+        GradTAE(subset_size=3).compute(problem, seed=0)
