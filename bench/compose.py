@@ -90,12 +90,6 @@ UTILITIES = ("gain", "improvement")
 SERVES = ("val", "predicted")
 
 
-def _selection_gains(predictor: Any, groups: list[Group]) -> list[dict[str, float]]:
-    """:meth:`Predictor.selection_gains`; an object with ``predict_many`` only (no measured gains) predicts all."""
-    gains = getattr(predictor, "selection_gains", None)
-    return gains(groups) if gains is not None else predictor.predict_many(groups)
-
-
 def served_by_utility(groups: Sequence[Group], candidates: Sequence[Candidate]) -> dict[str, Group]:
     """Per task, the chosen group where the candidates give it the largest utility (MTG-Net's evaluation: "the
     chosen group with the highest predicted gain"); ties go to the first in canonical order, and for a group listed
@@ -299,7 +293,7 @@ class Composed(Method):
                 predictor = model.predictor
                 score: Any = CallableScore(lambda g: sum(predictor.predict(g).values()), tasks)
             else:
-                score = PairwiseScore(self._partition_matrix(model), tasks)
+                score = PairwiseScore(self._affinity_matrix(model), tasks)
             problem = PartitionProblem(tasks, n_groups, score, max_size=self._max_size(len(tasks)))
         else:
             problem = MIQPProblem(tasks, model.matrix(), n_groups, max_size=self._max_size(len(tasks)),
@@ -314,11 +308,12 @@ class Composed(Method):
 
     # ------------------------------------------------------------------------------------------- candidates
 
-    def _partition_matrix(self, model: Fitted) -> np.ndarray:
-        """The pairwise matrix a partition scores groups with; with an affinity only, its diagonal (a singleton's
-        score) follows ``singletons``: ``forbid`` puts TAG's sentinel :data:`FORBIDDEN_SINGLETON` there, ``zero``
-        0, ``diagonal`` keeps the signal's own (TAG's self-affinity, CS's 1: the largest entries, with which an
-        exact solver splits off singletons)."""
+    def _affinity_matrix(self, model: Fitted) -> np.ndarray:
+        """The pairwise matrix network selection and a partition score groups with; with an affinity only, its
+        diagonal (a singleton's score; groups of two or more never read it) follows ``singletons``: ``forbid`` puts
+        TAG's sentinel :data:`FORBIDDEN_SINGLETON` there (network selection then offers no singleton at all),
+        ``zero`` 0, ``diagonal`` keeps the signal's own (TAG's self-affinity, CS's 1: the largest entries, with
+        which an exact partition solver splits off singletons)."""
         matrix = np.array(model.matrix(), dtype=np.float64)
         if model.predictor is None and self.singletons != "diagonal":
             np.fill_diagonal(matrix, FORBIDDEN_SINGLETON if self.singletons == "forbid" else 0.0)
@@ -364,9 +359,6 @@ class Composed(Method):
         if model.predictor is not None:
             scale = model.scale if self.utility == "improvement" else {}
             return [Candidate(g, {t: u * scale.get(t, 1.0) for t, u in gains.items()})
-                    for g, gains in zip(groups, _selection_gains(model.predictor, groups))]
-        matrix = np.array(model.matrix(), dtype=np.float64)
-        if self.singletons == "zero":  # a singleton scores the diagonal; groups of two or more never read it
-            np.fill_diagonal(matrix, 0.0)
-        score = PairwiseScore(matrix, tasks)
+                    for g, gains in zip(groups, model.predictor.selection_gains(groups))]
+        score = PairwiseScore(self._affinity_matrix(model), tasks)
         return [Candidate(g, {t: score.member_value(g, t) for t in g}) for g in groups]

@@ -21,7 +21,6 @@ they cost in ``Affinity.info``.
 from __future__ import annotations
 
 import csv
-import math
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -233,14 +232,16 @@ class SignalCallback(Callback):
     def step_matrix(self, ctx: StepContext) -> np.ndarray | None:
         """This step's matrix in the task order of the training (``ctx.group``)."""
 
-    def matrix(self, default_diagonal: float = math.nan) -> np.ndarray:
+    def matrix(self, default_diagonal: float | None = None) -> np.ndarray:
+        """The per-entry average over the steps that observed each entry; an entry no step observed is an error,
+        except a diagonal one where ``default_diagonal`` is given (a signal that does not measure its diagonal)."""
         with np.errstate(invalid="ignore", divide="ignore"):
             out = self.total / self.count
         missing = self.count == 0
         if missing.any():
-            off = missing & ~np.eye(len(self.tasks), dtype=bool)
-            if off.any():
-                pairs = [f"{self.tasks[i]}<-{self.tasks[j]}" for i, j in zip(*np.nonzero(off))]
+            unseen = missing if default_diagonal is None else missing & ~np.eye(len(self.tasks), dtype=bool)
+            if unseen.any():
+                pairs = [f"{self.tasks[i]}<-{self.tasks[j]}" for i, j in zip(*np.nonzero(unseen))]
                 raise UsageError(f"no step observed the pairs {pairs[:6]}; train longer or lower 'every'")
             out[missing] = default_diagonal
         return out
